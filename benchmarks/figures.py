@@ -309,7 +309,7 @@ def extract_tsne_inputs(run: Path, cfg: Dict[str, Any]) -> Tuple[np.ndarray, np.
     from benchmarks.features import extract_features          # lazy: heavy imports, other helper's module
     from excb.augment import eval_transform
     from excb.checkpoint_formats import load_backbone
-    from excb.data import build_dataset
+    from excb.data import build_dataset, image_size_of
 
     t = cfg["tsne"]
     ckpt = run / cfg["paths"]["checkpoint"]
@@ -319,8 +319,9 @@ def extract_tsne_inputs(run: Path, cfg: Dict[str, Any]) -> Tuple[np.ndarray, np.
     if t["data_from_pretrain"] and isinstance(proto.get("data"), dict):
         data_cfg.update(proto["data"])
     aug = proto.get("augment") or {}
-    resize = t["eval_resize"] or int(aug.get("eval_resize", 256))
-    crop = t["eval_crop"] or int(aug.get("eval_crop", 224))
+    native = image_size_of(data_cfg)          # the demo's 28 px images are not blown up to 224
+    resize = t["eval_resize"] or int(aug.get("eval_resize", 256 if native >= 224 else native))
+    crop = t["eval_crop"] or int(aug.get("eval_crop", 224 if native >= 224 else native))
     model, _dim, _info = load_backbone(str(ckpt), format=t["format"], which=t["which"])
     ds = build_dataset(data_cfg, t["split"], eval_transform(resize, crop))
     sub = _SubsetView(ds, subsample(len(ds), int(t["max_samples"]), int(t["seed"])))

@@ -113,3 +113,36 @@ def test_tsne_subsample_and_validation(tmp_path: Path):
     assert _is_png(F.plot_tsne(feats, labels, tmp_path / "t.png", max_samples=60, max_iter=250))
     with pytest.raises(ExcbError, match="labels"):
         F.plot_tsne(feats, labels[:10], tmp_path / "u.png")
+
+
+def test_tsne_extraction_glue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The checkpoint -> backbone -> features path, with the two helpers it calls faked."""
+    import sys
+    import types
+
+    import torch
+
+    calls = {}
+
+    def load_backbone(path, format="auto", which="teacher", arch=None):
+        calls["load"] = (Path(path).name, format, which)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 8)), 8, {}
+
+    def extract_features(model, dataset, batch_size, num_workers, device):
+        calls["extract"] = (len(dataset), batch_size, num_workers, device, tuple(dataset[0][0].shape))
+        with torch.no_grad():
+            feats = torch.cat([model(dataset[i][0][None]) for i in range(len(dataset))])
+        return feats, torch.tensor(dataset.targets)
+
+    monkeypatch.setitem(sys.modules, "excb.checkpoint_formats", types.SimpleNamespace(load_backbone=load_backbone))
+    monkeypatch.setitem(sys.modules, "benchmarks.features", types.SimpleNamespace(extract_features=extract_features))
+    run = tmp_path / "run"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "pretrain" / "checkpoint.pth").write_bytes(b"not read by the fake")
+    (run / "pretrain" / "results.json").write_text(json.dumps(
+        {"protocol": {"data": {"name": "demo", "limit_val": 200}, "augment": {"eval_resize": 28, "eval_crop": 28}}}))
+    res = F.run({"figures": ["tsne"], "tsne": {"max_samples": 60, "max_iter": 250, "batch_size": 16}}, run / "figures")
+    assert res["skipped"] == {} and _is_png(run / "figures" / "tsne.png")
+    assert calls["load"] == ("checkpoint.pth", "auto", "teacher")
+    assert calls["extract"] == (60, 16, 0, "cpu", (3, 28, 28))     # capped subset, pretrain's eval size
+    assert res["metrics"]["tsne_samples"] == 60
