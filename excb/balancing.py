@@ -1,0 +1,199 @@
+"""Balancers: turn the teacher's cluster similarities into target probabilities.
+
+``excb`` is the paper's ClusterBalancer (Eq. 8-10); ``dino-centering``, ``sinkhorn``
+(SwAV-style) and ``none`` share its interface so one training loop compares them:
+
+    p_t, assign = balancer.teacher_probs(z_t, tau_t)   # z_t: (rows, K) cosine similarities
+    balancer.update(z_t, assign)                        # state for the next step
+
+``assign`` holds the hard cluster label of every row (used for statistics and for
+ExCB's size estimate). All state updates all-reduce across ranks, so every rank holds
+the same state.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from excb import ExcbError
+from excb.distributed import all_reduce_sum
+
+_BALANCERS: Dict[str, Callable[..., "Balancer"]] = {}
+
+
+def register_balancer(name: str):
+    def deco(cls):
+        _BALANCERS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def create_balancer(name: str, num_clusters: int, **kwargs) -> "Balancer":
+    if name not in _BALANCERS:
+        raise ExcbError(f"balancer.name: unknown balancer '{name}'; use one of {sorted(_BALANCERS)}")
+    return _BALANCERS[name](num_clusters, **kwargs)
+
+
+def list_balancers() -> list:
+    return sorted(_BALANCERS)
+
+
+class Balancer(nn.Module):
+    """Base: plain softmax of the teacher similarities, no state."""
+
+    registry_name = "base"
+
+    def __init__(self, num_clusters: int, **_: object):
+        super().__init__()
+        self.num_clusters = num_clusters
+
+    def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        p = F.softmax(z_t.float() / tau, dim=-1)
+        return p, p.argmax(dim=-1)
+
+    @torch.no_grad()
+    def update(self, z_t: torch.Tensor, assign: torch.Tensor) -> None:
+        pass
+
+    def stats(self) -> Dict[str, float]:
+        return {}
+
+
+@register_balancer("none")
+class NoBalancer(Balancer):
+    """No balancing at all: the collapse baseline."""
+
+
+def balance_operator(z: torch.Tensor, s: torch.Tensor, variant: str = "linear") -> torch.Tensor:
+    """Eq. 10: B(z; s) per cluster, s = relative cluster sizes (sum 1), K = len(s).
+
+    Undersized clusters (sK < 1) are pushed up, to 1 at s = 0:  1 - (1 - z) sK
+    (``variant="quadratic"``: 1 - (1 - z)(sK)^2, Appendix B). Oversized clusters (sK > 1)
+    are pushed down, to -1 at s = 1:  (1 + z) / (sK) - 1. At sK = 1 both are the identity.
+    """
+    sK = (s * s.numel()).to(z.dtype)
+    if variant == "linear":
+        under = 1.0 - (1.0 - z) * sK
+    elif variant == "quadratic":
+        under = 1.0 - (1.0 - z) * sK * sK
+    else:
+        raise ExcbError(f"balancer.variant: unknown value '{variant}'; use 'linear' or 'quadratic'")
+    over = (1.0 + z) / sK.clamp_min(torch.finfo(z.dtype).tiny) - 1.0
+    return torch.where(sK < 1, under, torch.where(sK > 1, over, z))
+
+
+@register_balancer("excb")
+class ClusterBalancer(Balancer):
+    """ExCB's explicit cluster balancing (Eq. 8-10).
+
+    ``s`` starts uniform (1/K: no adjustment at step 0). Per step: balance z_t with the
+    current s; hard labels = argmax of the *balanced* output (Eq. 8, and the authors'
+    code); s_B = counts / rows with counts and rows summed over ranks; s <- m_s s + (1-m_s) s_B.
+
+    Options: ``assign_from="raw"`` takes the argmax of the unbalanced z_t (Algorithm 1);
+    ``update="before"`` updates s before balancing the current batch (Algorithm 1 order);
+    ``official_code=True`` adds the released code's tweaks (winner x1.01 then clamp to [-1, 1]).
+    """
+
+    def __init__(self, num_clusters: int, momentum: float = 0.999, variant: str = "linear",
+                 assign_from: str = "balanced", update: str = "after", official_code: bool = False, **_: object):
+        super().__init__(num_clusters)
+        if assign_from not in ("balanced", "raw"):
+            raise ExcbError(f"balancer.assign_from: unknown value '{assign_from}'; use 'balanced' or 'raw'")
+        if update not in ("after", "before"):
+            raise ExcbError(f"balancer.update: unknown value '{update}'; use 'after' or 'before'")
+        self.momentum = momentum
+        self.variant = variant
+        self.assign_from = assign_from
+        self.update_when = update
+        self.official_code = official_code
+        # fp32 state even under AMP: 1/K at K=65,536 is below fp16's resolution near 1/K.
+        self.register_buffer("s", torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float32))
+
+    def balanced(self, z_t: torch.Tensor) -> torch.Tensor:
+        zb = balance_operator(z_t.float(), self.s, self.variant)
+        if self.official_code:
+            win = zb.argmax(dim=-1, keepdim=True)
+            zb = zb.scatter(1, win, zb.gather(1, win) * 1.01).clamp(-1.0, 1.0)
+        return zb
+
+    @torch.no_grad()
+    def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.update_when == "before":
+            self._update_s(z_t.float().argmax(dim=-1) if self.assign_from == "raw" else self.balanced(z_t).argmax(dim=-1))
+        zb = self.balanced(z_t)
+        p = F.softmax(zb / tau, dim=-1)
+        assign = zb.argmax(dim=-1) if self.assign_from == "balanced" else z_t.argmax(dim=-1)
+        return p, assign
+
+    @torch.no_grad()
+    def update(self, z_t: torch.Tensor, assign: torch.Tensor) -> None:
+        if self.update_when == "after":
+            self._update_s(assign)
+
+    @torch.no_grad()
+    def _update_s(self, assign: torch.Tensor) -> None:
+        K = self.num_clusters
+        # counts and the row total travel in one all-reduce
+        buf = torch.zeros(K + 1, dtype=torch.float32, device=self.s.device)
+        buf[:K] = torch.bincount(assign.reshape(-1), minlength=K).float()
+        buf[K] = assign.numel()
+        buf = all_reduce_sum(buf)
+        s_b = buf[:K] / buf[K].clamp_min(1)
+        self.s.mul_(self.momentum).add_(s_b, alpha=1.0 - self.momentum)
+
+    def stats(self) -> Dict[str, float]:
+        sK = self.s * self.num_clusters
+        return {"s_min_rel": float(sK.min()), "s_max_rel": float(sK.max())}
+
+
+@register_balancer("dino-centering")
+class CenteringBalancer(Balancer):
+    """DINO: subtract an EMA centre of the teacher logits, then sharpen."""
+
+    def __init__(self, num_clusters: int, center_momentum: float = 0.9, **_: object):
+        super().__init__(num_clusters)
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(num_clusters, dtype=torch.float32))
+
+    @torch.no_grad()
+    def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        p = F.softmax((z_t.float() - self.center) / tau, dim=-1)
+        return p, p.argmax(dim=-1)
+
+    @torch.no_grad()
+    def update(self, z_t: torch.Tensor, assign: torch.Tensor) -> None:
+        buf = torch.cat([z_t.float().sum(0), z_t.new_tensor([z_t.shape[0]], dtype=torch.float32)])
+        buf = all_reduce_sum(buf)
+        mean = buf[:-1] / buf[-1]
+        self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
+
+
+@register_balancer("sinkhorn")
+class SinkhornBalancer(Balancer):
+    """SwAV-style equipartition over the (global) batch with a few Sinkhorn-Knopp iterations."""
+
+    def __init__(self, num_clusters: int, sinkhorn_iters: int = 3, sinkhorn_eps: float = 0.05, **_: object):
+        super().__init__(num_clusters)
+        self.iters = sinkhorn_iters
+        self.eps = sinkhorn_eps
+
+    @torch.no_grad()
+    def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        z = z_t.float() / self.eps
+        Q = torch.exp(z - z.max()).t()  # K x B; max over all ranks is not needed: it cancels
+        B = all_reduce_sum(torch.tensor([float(Q.shape[1])], device=Q.device))
+        K = Q.shape[0]
+        Q = Q / all_reduce_sum(Q.sum().reshape(1)).clamp_min(1e-30)
+        for _ in range(self.iters):
+            rows = all_reduce_sum(Q.sum(dim=1, keepdim=True))
+            Q = Q / rows.clamp_min(1e-30) / K
+            Q = Q / Q.sum(dim=0, keepdim=True).clamp_min(1e-30) / B
+        p = (Q * B).t()
+        return p, p.argmax(dim=-1)

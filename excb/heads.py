@@ -1,0 +1,48 @@
+"""Projector h, predictor g and the centroid layer q (SPEC section 1).
+
+The centroid layer returns cosine similarities ``q(v, c) = cos(v, c)`` between embeddings
+and the K centroids; ``detach=True`` lets the caller read the centroids without moving
+them (predictor path and local crops: centroids learn from global views only).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str = "bn", act: str = "relu",
+        norm_input: bool = False) -> nn.Sequential:
+    """``layers`` linear layers; hidden ones followed by (BN) + activation; the last is plain."""
+    if act not in _ACTS:
+        raise ValueError(f"head.act: unknown activation '{act}'; use one of {sorted(_ACTS)}")
+    mods: List[nn.Module] = [nn.BatchNorm1d(in_dim)] if norm_input else []
+    dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
+    for i in range(layers):
+        mods.append(nn.Linear(dims[i], dims[i + 1], bias=not (norm == "bn" and i < layers - 1)))
+        if i < layers - 1:
+            if norm == "bn":
+                mods.append(nn.BatchNorm1d(dims[i + 1]))
+            mods.append(_ACTS[act]())
+    return nn.Sequential(*mods)
+
+
+class CentroidLayer(nn.Module):
+    """K learnable centroids in R^D; forward gives cosine similarities in [-1, 1]."""
+
+    def __init__(self, dim: int, num_clusters: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_clusters, dim))
+        nn.init.normal_(self.weight, std=1.0 / dim ** 0.5)
+
+    @property
+    def num_clusters(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, v: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        w = self.weight.detach() if detach else self.weight
+        return F.normalize(v, dim=-1) @ F.normalize(w, dim=-1).t()

@@ -1,0 +1,98 @@
+"""Student and teacher networks (SPEC section 1).
+
+student:  z_h = q(h(f(x)))            centroids detached for local crops
+          z_g = q̄(g(h(f(x))))         centroids always detached (the predictor never moves them)
+teacher:  z_t = q_t(h_t(f_t(x)))      global views only, no gradient, EMA of f, h, q
+"""
+from __future__ import annotations
+
+import copy
+from itertools import groupby
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from excb.backbones import create_backbone
+from excb.heads import CentroidLayer, mlp
+
+HEAD_DEFAULTS: Dict[str, Any] = {
+    "hidden_dim": 2048,
+    "out_dim": 256,
+    "layers": 2,            # projector depth (official code: 3)
+    "norm": "bn",           # "bn" (ResNet recipes) or "none" (ViT, as DINO's head)
+    "act": "relu",
+    "predictor_hidden_dim": 2048,
+    "predictor_norm_input": False,  # official code: BN on the predictor input
+}
+
+
+def _forward_backbone(backbone: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One backbone call per run of equally-sized views (DINO's multi-crop batching)."""
+    feats = []
+    start = 0
+    for _, grp in groupby(views, key=lambda v: tuple(v.shape[-2:])):
+        n = len(list(grp))
+        x = torch.cat(list(views[start:start + n]))
+        feats.append(backbone(x))
+        start += n
+    return torch.cat(feats)
+
+
+class ExCBStudent(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_clusters: int, head: Dict[str, Any]):
+        super().__init__()
+        head = {**HEAD_DEFAULTS, **head}
+        self.backbone = backbone
+        self.projector = mlp(feature_dim, head["hidden_dim"], head["out_dim"], head["layers"], head["norm"], head["act"])
+        self.predictor = mlp(head["out_dim"], head["predictor_hidden_dim"], head["out_dim"], 2, head["norm"],
+                             head["act"], norm_input=head["predictor_norm_input"])
+        self.centroids = CentroidLayer(head["out_dim"], num_clusters)
+
+    def forward(self, views: Sequence[torch.Tensor], n_global: int, local_stop_grad: bool = True
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Returns per-view lists ``z_h`` and ``z_g`` (globals first)."""
+        b = views[0].shape[0]
+        h = self.projector(_forward_backbone(self.backbone, views))
+        hg, hl = h[: n_global * b], h[n_global * b:]
+        z_h = [self.centroids(hg, detach=False)]
+        if hl.numel():
+            z_h.append(self.centroids(hl, detach=local_stop_grad))
+        z_h = torch.cat(z_h)
+        z_g = self.centroids(self.predictor(h), detach=True)
+        return list(z_h.chunk(len(views))), list(z_g.chunk(len(views)))
+
+
+class ExCBTeacher(nn.Module):
+    def __init__(self, student: ExCBStudent):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.backbone)
+        self.projector = copy.deepcopy(student.projector)
+        self.centroids = copy.deepcopy(student.centroids)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, views: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        z = self.centroids(self.projector(_forward_backbone(self.backbone, views)))
+        return list(z.chunk(len(views)))
+
+    @torch.no_grad()
+    def ema_update(self, student: ExCBStudent, m: float) -> None:
+        """θ_t <- m θ_t + (1-m) θ_s for backbone, projector and centroids."""
+        s_params = dict(student.named_parameters())
+        t_list, s_list = [], []
+        for name, p in self.named_parameters():
+            t_list.append(p.data)
+            s_list.append(s_params[name].detach().data)
+        torch._foreach_mul_(t_list, m)
+        torch._foreach_add_(t_list, s_list, alpha=1.0 - m)
+
+
+def build_models(backbone_cfg: Dict[str, Any], head_cfg: Dict[str, Any], num_clusters: int
+                 ) -> Tuple[ExCBStudent, ExCBTeacher]:
+    kwargs = {k: v for k, v in backbone_cfg.items() if k != "name"}
+    backbone, dim = create_backbone(backbone_cfg["name"], **kwargs)
+    student = ExCBStudent(backbone, dim, num_clusters, head_cfg)
+    teacher = ExCBTeacher(student)
+    return student, teacher

@@ -1,0 +1,518 @@
+"""ExCB pretraining: the whole training step readable top to bottom in ``train_one_epoch``.
+
+Run on one process (``excb-bench pretrain --config ...``) or data-parallel under torchrun
+(``torchrun --nproc_per_node 8 -m excb --config ...``). Every epoch ends with an atomic
+checkpoint; rerunning the same command resumes from it (bit-identical on CPU: the data
+order and every augmentation are functions of (seed, epoch, sample index)).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from excb import ExcbError
+from excb import distributed as D
+from excb.augment import AUGMENT_DEFAULTS, MultiCropTransform, eval_transform
+from excb.balancing import create_balancer
+from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
+from excb.config import require_positive
+from excb.data import DATA_DEFAULTS, build_dataset
+from excb.io import JsonlLogger, atomic_write, atomic_write_json, package_versions
+from excb.loss import excb_loss
+from excb.model import HEAD_DEFAULTS, ExCBStudent, ExCBTeacher, build_models
+from excb.schedules import cosine_schedule
+
+PRETRAIN_DEFAULTS: Dict[str, Any] = {
+    "recipe": "paper",                 # "paper" or "official-code" (SPEC section 8)
+    "seed": 0,
+    "data": dict(DATA_DEFAULTS),
+    "backbone": {"name": "resnet50", "stem": "standard", "zero_init_residual": False,
+                 "img_size": 224, "drop_path_rate": 0.1},
+    "head": dict(HEAD_DEFAULTS),
+    "centroids": {"K": 65536, "weight_decay": 1e-3, "weight_decay_end": 1e-4, "local_stop_grad": True},
+    "balancer": {"name": "excb", "momentum": 0.999, "variant": "linear", "assign_from": "balanced",
+                 "update": "after", "center_momentum": 0.9, "sinkhorn_iters": 3, "sinkhorn_eps": 0.05},
+    "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7"},
+    "augment": dict(AUGMENT_DEFAULTS),
+    "optim": {"name": "sgd", "lr": 0.15, "lr_batch_scaling": True, "momentum": 0.9, "weight_decay": 1e-4,
+              "weight_decay_end": 1e-4, "warmup_epochs": 10, "min_lr": 0.0, "clip_grad": 0.0,
+              "betas": [0.9, 0.999]},
+    "ema": {"momentum": 0.996, "momentum_end": 1.0},
+    "batch_size": 1024,                # global, over all ranks
+    "epochs": 100,
+    "num_workers": 8,
+    "pin_memory": True,
+    "amp": "auto",                     # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
+    "channels_last": True,             # CUDA only
+    "sync_bn": True,                   # under DDP on CUDA
+    "compile": False,
+    "dist_timeout_s": 1800.0,
+    "log_every": 50,
+    "save_every": 0,                   # >0: also keep checkpoint_epochNNNN.pth every N epochs
+    "tensorboard": False,
+    "final_pass": True,                # App. A: cluster sizes from one inference pass over train
+    "stop_after_epoch": 0,             # >0: stop after this epoch (tests, staged runs)
+    "debug": {"inject_nan_at_step": -1},
+}
+
+
+# ----------------------------------------------------------------------------- data
+class MultiCropDataset(torch.utils.data.Dataset):
+    """Wraps a data set; item ``(index, epoch)`` -> (views, label), augmentation seeded per item.
+
+    Seeding each item from (seed, epoch, index) makes the views independent of worker count,
+    persistent workers and interruptions — the basis of bit-identical resume.
+    """
+
+    def __init__(self, base, transform, seed: int):
+        self.base, self.transform, self.seed = base, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: Tuple[int, int]):
+        idx, epoch = item
+        img = self.base.load_image(idx)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + idx) % (2 ** 63))
+            views = self.transform(img)
+        return views, self.base.targets[idx]
+
+
+class EpochShardSampler(torch.utils.data.Sampler):
+    """Seeded permutation per epoch, sharded by rank, tail dropped so every rank has equal steps."""
+
+    def __init__(self, n: int, batch_per_rank: int, seed: int, rank: int, world: int):
+        self.n, self.bpr, self.seed, self.rank, self.world = n, batch_per_rank, seed, rank, world
+        self.epoch = 0
+        self.steps = n // (batch_per_rank * world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.bpr
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.steps * self.bpr * self.world]
+        for i in perm[self.rank::self.world].tolist():
+            yield (i, self.epoch)
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- optimisation
+def param_groups(student: ExCBStudent) -> List[Dict[str, Any]]:
+    """Regular weights (wd schedule), biases/norms (no wd), centroids (own wd schedule)."""
+    regular, no_wd, cents = [], [], []
+    for name, p in student.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("centroids."):
+            cents.append(p)
+        elif p.ndim <= 1:
+            no_wd.append(p)
+        else:
+            regular.append(p)
+    return [{"params": regular, "kind": "regular"}, {"params": no_wd, "kind": "no_wd", "weight_decay": 0.0},
+            {"params": cents, "kind": "centroids"}]
+
+
+def build_optimizer(student: ExCBStudent, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    o = cfg["optim"]
+    groups = param_groups(student)
+    if o["name"] == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=o["momentum"], weight_decay=0.0)
+    if o["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(o["betas"]), weight_decay=0.0)
+    raise ExcbError(f"optim.name: unknown optimiser '{o['name']}'; use 'sgd' or 'adamw'")
+
+
+def build_schedules(cfg: Dict[str, Any], steps_per_epoch: int) -> Dict[str, np.ndarray]:
+    o, E = cfg["optim"], cfg["epochs"]
+    lr = o["lr"] * (cfg["batch_size"] / 256.0 if o["lr_batch_scaling"] else 1.0)
+    return {
+        "lr": cosine_schedule(lr, o["min_lr"], E, steps_per_epoch, o["warmup_epochs"]),
+        "wd": cosine_schedule(o["weight_decay"], o["weight_decay_end"], E, steps_per_epoch),
+        "wd_centroids": cosine_schedule(cfg["centroids"]["weight_decay"], cfg["centroids"]["weight_decay_end"], E,
+                                        steps_per_epoch),
+        "momentum": cosine_schedule(cfg["ema"]["momentum"], cfg["ema"]["momentum_end"], E, steps_per_epoch),
+    }
+
+
+def autocast_ctx(amp: str, device: torch.device):
+    """bf16 (or fp16) autocast on CUDA; full precision on CPU."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- statistics
+class EpochStats:
+    """Per-epoch training statistics of SPEC section 5, accumulated on the device."""
+
+    def __init__(self, K: int, G: int, device: torch.device):
+        self.K, self.G = K, G
+        self.counts = torch.zeros(K, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, c_avg, agree, steps
+        self.assign1: List[torch.Tensor] = []
+        self.labels: List[torch.Tensor] = []
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, p_t: torch.Tensor, assign: torch.Tensor, labels: torch.Tensor) -> None:
+        G = self.G
+        a = assign.view(G, -1)
+        agree = sum((a[v] == a[w]).float().mean() for v in range(G) for w in range(G) if v != w) / max(G * (G - 1), 1)
+        c_avg = p_t.max(dim=-1).values.float().mean()
+        self.sums += torch.stack([loss.detach().double(), c_avg.double(), torch.as_tensor(agree, device=loss.device).double(),
+                                  torch.ones((), dtype=torch.float64, device=loss.device)])
+        self.counts += torch.bincount(assign, minlength=self.K).double()
+        self.assign1.append(a[0].detach())
+        self.labels.append(labels.detach())
+
+    def summary(self) -> Dict[str, float]:
+        sums = D.all_reduce_sum(self.sums.clone())
+        counts = D.all_reduce_sum(self.counts.clone())
+        steps = max(float(sums[3]) / D.world_size(), 1.0)
+        rel = counts * self.K / counts.sum().clamp_min(1)
+        out = {
+            "loss": float(sums[0]) / D.world_size() / steps,
+            "c_avg": float(sums[1]) / D.world_size() / steps,
+            "agreement": float(sums[2]) / D.world_size() / steps,
+            "cluster_size_min": float(rel.min()),
+            "cluster_size_max": float(rel.max()),
+            "clusters_used": float((counts > 0).double().mean()),
+        }
+        if self.assign1:
+            a = D.all_gather_cat(torch.cat(self.assign1)).cpu().numpy()
+            y = D.all_gather_cat(torch.cat(self.labels)).cpu().numpy()
+            if y.min() >= 0:
+                out["purity"] = cluster_purity(a, y)
+        return out
+
+
+def cluster_purity(assign: np.ndarray, labels: np.ndarray) -> float:
+    """(1/N) sum_k max_j |cluster_k ∩ class_j| without a K x C matrix."""
+    assign = np.asarray(assign, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if assign.size == 0:
+        return float("nan")
+    C = int(labels.max()) + 1
+    keys, cnt = np.unique(assign * C + labels, return_counts=True)
+    clusters = keys // C
+    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]])
+    return float(np.maximum.reduceat(cnt, starts).sum() / assign.size)
+
+
+# ----------------------------------------------------------------------------- the training step
+def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimizer, scaler, loader,
+                    schedules, epoch: int, cfg: Dict[str, Any], device: torch.device, logger: JsonlLogger,
+                    progress: bool) -> Dict[str, float]:
+    from tqdm import tqdm
+
+    G = cfg["augment"]["n_global"]
+    tau_t, tau_s = cfg["loss"]["teacher_temp"], cfg["loss"]["student_temp"]
+    steps = len(loader)
+    stats = EpochStats(cfg["centroids"]["K"], G, device)
+    t0, n_img = time.time(), 0
+    bar = tqdm(loader, total=steps, desc=f"pretrain epoch {epoch + 1}/{cfg['epochs']}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for i, (views, labels) in enumerate(bar):
+        it = epoch * steps + i
+        # 1. schedules for this step
+        for g in optimizer.param_groups:
+            g["lr"] = schedules["lr"][it]
+            if g["kind"] == "regular":
+                g["weight_decay"] = schedules["wd"][it]
+            elif g["kind"] == "centroids":
+                g["weight_decay"] = schedules["wd_centroids"][it]
+        mem = torch.channels_last if (device.type == "cuda" and cfg["channels_last"]) else torch.contiguous_format
+        views = [v.to(device, non_blocking=True, memory_format=mem) for v in views]
+        labels = labels.to(device, non_blocking=True)
+
+        with autocast_ctx(cfg["amp"], device):
+            # 2. teacher on global views, balanced targets (Eq. 8-10)
+            z_t = torch.cat(teacher(views[:G])).float()
+            p_t, assign = balancer.teacher_probs(z_t, tau_t)
+            # 3. student on all views; Eq. 7
+            z_h, z_g = student_ddp(views, G, cfg["centroids"]["local_stop_grad"])
+            loss, parts = excb_loss(p_t.chunk(G), z_h, z_g, tau_s, cfg["loss"]["pairs"])
+        if it == cfg["debug"]["inject_nan_at_step"]:
+            loss = loss * float("nan")
+
+        # 4. a non-finite loss on any rank stops every rank before anything is written
+        bad = D.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
+        if float(bad) > 0:
+            raise ExcbError(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {i + 1}; nothing was saved "
+                            f"for this epoch and the last checkpoint is intact — lower optim.lr or set "
+                            f"optim.clip_grad, then rerun the same command to resume")
+
+        # 5. student update
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg["optim"]["clip_grad"] > 0:
+            nn.utils.clip_grad_norm_(student.parameters(), cfg["optim"]["clip_grad"])
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+        # 6. balancer state for the next step (s of Eq. 9, all-reduced), teacher EMA
+        balancer.update(z_t, assign)
+        teacher.ema_update(student, float(schedules["momentum"][it]))
+
+        stats.add(loss, p_t, assign, labels)
+        n_img += labels.shape[0]
+        if progress and (i % max(cfg["log_every"], 1) == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{schedules['lr'][it]:.3g}")
+            logger.log({"kind": "step", "epoch": epoch + 1, "step": it, "loss": float(loss), **parts,
+                        "lr": float(schedules["lr"][it]), **balancer.stats()})
+    bar.close()
+    dt = time.time() - t0
+    out = stats.summary()
+    last = epoch * steps + steps - 1
+    out.update({"lr": float(schedules["lr"][last]), "momentum": float(schedules["momentum"][last]),
+                "images_per_s": n_img * D.world_size() / max(dt, 1e-9), "epoch_s": dt, **balancer.stats()})
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage
+def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
+    require_positive(cfg, ["batch_size", "epochs", "centroids.K", "augment.global_size", "loss.teacher_temp",
+                           "loss.student_temp", "head.out_dim", "head.hidden_dim"], source)
+    if cfg["num_workers"] < 0:
+        raise ExcbError(f"{source}: key 'num_workers' must be >= 0, got {cfg['num_workers']}")
+    if cfg["augment"]["n_global"] < 2:
+        raise ExcbError(f"{source}: key 'augment.n_global' must be >= 2 (the loss pairs distinct global views)")
+    if cfg["recipe"] not in ("paper", "official-code"):
+        raise ExcbError(f"{source}: key 'recipe' must be 'paper' or 'official-code', got {cfg['recipe']!r}")
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
+    """Pretrain ExCB with resolved config ``cfg`` into ``run_dir``; returns the results dict."""
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    validate_config(cfg)
+    device = D.init_from_env(timeout_s=cfg["dist_timeout_s"])
+    rank, world = D.rank(), D.world_size()
+    if cfg["batch_size"] % world:
+        raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) must be divisible by the number of "
+                        f"processes ({world})")
+    bpr = cfg["batch_size"] // world
+    _seed_all(cfg["seed"])
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    # ---- data
+    base = build_dataset(cfg["data"], "train")
+    K = cfg["centroids"]["K"]
+    if K > len(base):
+        raise ExcbError(f"config: key 'centroids.K' ({K}) is larger than the training set ({len(base)} images) can "
+                        f"populate; use centroids.K <= {len(base)} (the paper: 65,536 for 1.28 M images)")
+    ds = MultiCropDataset(base, MultiCropTransform(cfg["augment"]), cfg["seed"])
+    sampler = EpochShardSampler(len(ds), bpr, cfg["seed"], rank, world)
+    if sampler.steps == 0:
+        raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) exceeds the training set "
+                        f"({len(ds)} images); lower it")
+    nw = cfg["num_workers"]
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=bpr, sampler=sampler, num_workers=nw, pin_memory=cfg["pin_memory"] and device.type == "cuda",
+        drop_last=True, persistent_workers=nw > 0, worker_init_fn=_worker_init if nw > 0 else None,
+        prefetch_factor=4 if nw > 0 else None)
+
+    # ---- models
+    student, teacher = build_models(cfg["backbone"], cfg["head"], K)
+    if world > 1 and cfg["sync_bn"] and device.type == "cuda":
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+    student.to(device)
+    teacher.to(device)
+    if device.type == "cuda" and cfg["channels_last"]:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+    teacher.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith("predictor.")})
+    student_ddp: nn.Module = student
+    if world > 1:
+        student_ddp = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    b = cfg["balancer"]
+    balancer = create_balancer(b["name"], K, **{k: v for k, v in b.items() if k != "name"},
+                               official_code=cfg["recipe"] == "official-code").to(device)
+    optimizer = build_optimizer(student, cfg)
+    scaler = torch.amp.GradScaler("cuda") if (cfg["amp"] == "fp16" and device.type == "cuda") else None
+    schedules = build_schedules(cfg, sampler.steps)
+
+    # ---- resume
+    start_epoch, history = 0, []
+    logger = JsonlLogger(run_dir / "log.jsonl", enabled=rank == 0)
+
+    def _check(obj):
+        if obj.get("config", {}).get("backbone") != cfg["backbone"] or obj["config"]["centroids"]["K"] != K:
+            raise ExcbError(f"checkpoint was made with another backbone/K than the config asks for")
+
+    found = find_resumable(run_dir, check=_check, log=lambda m: rank == 0 and print(f"[excb] {m}"))
+    if found is not None:
+        path, ck = found
+        student.load_state_dict(ck["student"])
+        teacher.load_state_dict(ck["teacher"])
+        optimizer.load_state_dict(ck["optimizer"])
+        balancer.load_state_dict(ck["balancer"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
+        if rank == 0:
+            print(f"[excb] resuming from {path} (epoch {start_epoch}/{cfg['epochs']})")
+        del ck
+
+    tb = _tensorboard(run_dir, cfg) if rank == 0 else None
+    stopped_early = False
+    for epoch in range(start_epoch, cfg["epochs"]):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(cfg["seed"] * 1_000_003 + epoch)  # drop-path etc.: a function of the epoch
+        student.train()
+        teacher.train()
+        ep = train_one_epoch(student, student_ddp, teacher, balancer, optimizer, scaler, loader, schedules,
+                             epoch, cfg, device, logger, progress=rank == 0)
+        ep["epoch"] = epoch + 1
+        history.append(ep)
+        if rank == 0:
+            state = {"format": FORMAT_TAG, "version": 1, "epoch": epoch + 1, "config": cfg,
+                     "backbone": {"name": cfg["backbone"]["name"],
+                                  "kwargs": {k: v for k, v in cfg["backbone"].items() if k != "name"}},
+                     "student": student.state_dict(), "teacher": teacher.state_dict(),
+                     "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history}
+            snap = f"checkpoint_epoch{epoch + 1:04d}.pth" if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0 else None
+            save_training_checkpoint(run_dir, state, snapshot_name=snap)
+            logger.log({"kind": "epoch", **ep})
+            if tb is not None:
+                for k, v in ep.items():
+                    tb.add_scalar(f"pretrain/{k}", v, epoch + 1)
+            print(f"[excb] epoch {epoch + 1}/{cfg['epochs']}  " + "  ".join(
+                f"{k}={v:.4g}" for k, v in ep.items() if k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max",
+                                                               "agreement", "purity", "images_per_s")))
+        D.barrier()
+        if cfg["stop_after_epoch"] and epoch + 1 >= cfg["stop_after_epoch"] and epoch + 1 < cfg["epochs"]:
+            stopped_early = True
+            break
+
+    final: Dict[str, Any] = {}
+    if not stopped_early and cfg["final_pass"]:
+        counts, purity = final_cluster_pass(teacher, cfg, device)
+        n = counts.sum()
+        rel = counts * K / max(n, 1)
+        final = {"final_empty_fraction": float((counts == 0).mean()), "final_max_rel_size": float(rel.max()),
+                 "final_purity": purity}
+        if rank == 0:
+            atomic_write(run_dir / "final_cluster_counts.npy", lambda f: np.save(f, counts))
+    last = history[-1] if history else {}
+    results = {
+        "stage": "pretrain",
+        "status": "stopped" if stopped_early else "complete",
+        "metrics": {**{k: last.get(k) for k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max", "agreement",
+                                               "purity", "clusters_used")}, **final,
+                    "epochs_done": len(history) and history[-1]["epoch"]},
+        "protocol": cfg,
+        "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None},
+        "checkpoint": {"path": str(run_dir / "checkpoint.pth"), "format": FORMAT_TAG},
+        "seed": cfg["seed"], "world_size": world, "wall_s": time.time() - t_start, "versions": package_versions(),
+    }
+    if rank == 0:
+        atomic_write_json(run_dir / "results.json", results)
+    if tb is not None:
+        tb.close()
+    return results
+
+
+@torch.no_grad()
+def final_cluster_pass(teacher: ExCBTeacher, cfg: Dict[str, Any], device: torch.device) -> Tuple[np.ndarray, float]:
+    """App. A: teacher (eval mode) hard assignments over the whole train set, one centre crop each."""
+    a = cfg["augment"]
+    size = a["global_size"]
+    resize = int(round(size * a["eval_resize"] / a["eval_crop"]))
+    ds = build_dataset(cfg["data"], "train", eval_transform(resize, size))
+    idx = list(range(D.rank(), len(ds), D.world_size()))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=max(cfg["batch_size"] // D.world_size(), 1),
+                                         num_workers=cfg["num_workers"], shuffle=False)
+    K = cfg["centroids"]["K"]
+    teacher.eval()
+    counts = torch.zeros(K, dtype=torch.float64, device=device)
+    assigns, labels = [], []
+    for x, y in loader:
+        with autocast_ctx(cfg["amp"], device):
+            z = teacher([x.to(device)])[0]
+        a_ = z.float().argmax(-1)
+        counts += torch.bincount(a_, minlength=K).double()
+        assigns.append(a_.cpu())
+        labels.append(y)
+    teacher.train()
+    counts = D.all_reduce_sum(counts).cpu().numpy().astype(np.int64)
+    purity = cluster_purity(torch.cat(assigns).numpy(), torch.cat(labels).numpy()) if D.world_size() == 1 and assigns else None
+    return counts, purity
+
+
+def _tensorboard(run_dir: Path, cfg: Dict[str, Any]):
+    if not cfg["tensorboard"]:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("[excb] tensorboard requested but not installed (pip install tensorboard); logging to JSONL only")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ----------------------------------------------------------------------------- command line
+def build_arg_parser(parser=None):
+    import argparse
+
+    p = parser or argparse.ArgumentParser(prog="python -m excb", description="ExCB pretraining (single process or torchrun).")
+    p.add_argument("--config", "-c", help="YAML recipe, e.g. configs/pretrain/r50_mc_400ep.yaml (default: built-in defaults)")
+    p.add_argument("--output-dir", "-o", help="run directory for checkpoints, log.jsonl and results.json "
+                                              "(default: runs/pretrain-<config name>); rerunning resumes from it")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. epochs=200 optim.lr=0.3")
+    return p
+
+
+def main(argv=None, parser=None) -> int:
+    args = build_arg_parser(parser).parse_args(argv)
+    from excb.config import dump_yaml, resolve_config
+    from excb.io import atomic_write_text
+
+    cfg = resolve_config(PRETRAIN_DEFAULTS, args.config, args.overrides)
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.output_dir or f"runs/pretrain-{name}")
+    if D.is_main() and int(__import__("os").environ.get("RANK", 0)) == 0:
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    try:
+        res = train(cfg, out)
+    finally:
+        D.cleanup()
+    if D.is_main():
+        print(f"[excb] results: {out / 'results.json'}")
+    return 0 if res else 1
