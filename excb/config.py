@@ -186,3 +186,23 @@ def require_positive(cfg: Config, keys: Iterable[str], source: str = "config") -
         v = get_dotted(cfg, key)
         if v is not None and isinstance(v, (int, float)) and v <= 0:
             raise ExcbError(f"{source}: key '{key}' must be > 0, got {v!r}")
+
+
+def merge_section(cfg: Config, section: Config, defaults: Config, source: str) -> Config:
+    """``cfg`` updated with ``section`` after validating ``section`` against ``defaults``."""
+    return deep_update(cfg, _validate(section, defaults, source))
+
+
+def split_overrides(overrides: Sequence[str], sections: Iterable[str]) -> tuple:
+    """Split ``a.b=c`` overrides into top-level ones and per-section ones (prefix stripped)."""
+    sections = set(sections)
+    top: List[str] = []
+    per: Dict[str, List[str]] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        head = key.split(".", 1)[0]
+        if head in sections and "." in key:
+            per.setdefault(head, []).append(item[len(head) + 1:])
+        else:
+            top.append(item)
+    return top, per

@@ -1,0 +1,294 @@
+"""The pipeline: one run directory, a manifest, a lock, and stages that rerun only when needed.
+
+Run directory layout::
+
+    <run>/config.yaml          the resolved pipeline config
+    <run>/manifest.json        per stage: status, input hash and inputs, outputs, times, git, versions
+    <run>/<stage>/results.json every stage's result (see DESIGN.md's contract)
+    <run>/.lock                held (flock) while a process works on the run
+
+A stage is skipped when its manifest entry is complete, its results.json exists and its
+input hash (resolved stage config + the sha256 of the checkpoint it reads + the results it
+summarises) is unchanged. A stage whose inputs changed is moved aside to ``<stage>.prev``
+and rerun; an interrupted stage resumes from its own checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from excb import ExcbError
+from excb import distributed as D
+from excb.config import dump_yaml, load_yaml, merge_section, resolve_config, split_overrides
+from excb.data import DATA_DEFAULTS
+from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file, sha256_json
+from excb_bench.stages import STAGES, get_stage, stage_dir_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_PIPELINE = REPO_ROOT / "configs" / "pipelines" / "demo.yaml"
+
+PIPELINE_DEFAULTS: Dict[str, Any] = {
+    "name": "demo",
+    "output_dir": "runs/demo",
+    "seed": 0,
+    "data": None,            # a data section applied to every stage (None: each stage's own)
+    "stages": ["pretrain", "knn", "linear", "semisup_1", "semisup_10", "detect", "sanity_random", "sanity_pixels",
+               "leaderboard", "figures"],
+}
+# Per-stage sections: {"config": "<stage yaml>", ...inline keys...}
+SECTION_META_KEYS = ("config",)
+SUMMARY_STAGES = ("leaderboard", "figures")
+
+
+# ----------------------------------------------------------------------------- config
+def resolve_pipeline(path: Optional[str | Path], overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Resolve the pipeline config and every stage section it runs (validated, one-line errors)."""
+    raw = load_yaml(path) if path else {}
+    source = str(path) if path else "pipeline"
+    top_over, per_over = split_overrides(overrides, STAGES)
+    top_raw = {k: v for k, v in raw.items() if k not in STAGES}
+    cfg = resolve_config(PIPELINE_DEFAULTS, None, top_over, base=top_raw)
+    for s in cfg["stages"]:
+        get_stage(s)
+    for k in list(per_over):
+        if k not in cfg["stages"]:
+            raise ExcbError(f"override '{k}.…': stage '{k}' is not in this pipeline's stages ({', '.join(cfg['stages'])})")
+    base_dir = Path(path).parent if path else REPO_ROOT
+    for name in cfg["stages"]:
+        stage = get_stage(name)
+        defaults = stage.defaults()
+        section = dict(raw.get(name) or {})
+        yaml_path = section.pop("config", None)
+        if yaml_path is not None:
+            yaml_path = _find_config(yaml_path, base_dir)
+        seeded: Dict[str, Any] = {}
+        if cfg["data"] is not None and "data" in defaults:
+            seeded["data"] = {**DATA_DEFAULTS, **cfg["data"]}
+        if "seed" in defaults:
+            seeded["seed"] = cfg["seed"]
+        scfg = resolve_config(defaults, yaml_path, (), base=seeded)
+        scfg = merge_section(scfg, section, defaults, f"{source}: section '{name}'")
+        scfg = resolve_config(defaults, None, [f"{o}" for o in per_over.get(name, [])], base=scfg)
+        scfg.update(copy.deepcopy(stage.fixed))
+        cfg[name] = scfg
+    return cfg
+
+
+def _find_config(p: str, base_dir: Path) -> Path:
+    for cand in (Path(p), base_dir / p, REPO_ROOT / p):
+        if cand.exists():
+            return cand
+    raise ExcbError(f"config file '{p}' not found (looked relative to the working directory, {base_dir} and {REPO_ROOT})")
+
+
+# ----------------------------------------------------------------------------- lock
+class RunLock:
+    """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so a
+    lock left by a killed process is stale by construction and is taken over (and reported)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ExcbError(f"{self.path.parent}: run directory is in use by {holder}; wait for it to finish "
+                            f"or use another --output-dir")
+        previous = os.read(fd, 200).decode(errors="replace").strip()
+        if previous:
+            print(f"[excb-bench] cleared a stale lock left by {previous} (that process is gone)")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# ----------------------------------------------------------------------------- manifest
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Manifest:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "manifest.json"
+        self.data: Dict[str, Any] = {"stages": {}}
+        if self.path.exists():
+            try:
+                self.data = read_json(self.path)
+            except ExcbError as e:
+                print(f"[excb-bench] {e}; starting a new manifest (stage results are re-checked)")
+        self.data.setdefault("stages", {})
+
+    def entry(self, stage: str) -> Dict[str, Any]:
+        return self.data["stages"].get(stage, {})
+
+    def update(self, stage: str, **kw) -> None:
+        e = self.data["stages"].setdefault(stage, {})
+        e.update(kw)
+        if D.is_main():
+            atomic_write_json(self.path, self.data)
+
+
+# ----------------------------------------------------------------------------- stage inputs
+_SHA_CACHE: Dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) — checkpoints are large and read by many stages."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """What a stage's result depends on; its hash decides whether the stage reruns."""
+    inputs: Dict[str, Any] = {"config": sha256_json(scfg)}
+    ck = scfg.get("checkpoint")
+    if ck and Path(ck).exists():
+        inputs["checkpoint"] = {"path": str(ck), "sha256": file_sha256(ck)}
+    if name in SUMMARY_STAGES:
+        files = sorted(p for p in run_dir.glob("**/results.json")
+                       if p.parent.name not in SUMMARY_STAGES and ".prev" not in str(p.relative_to(run_dir)))
+        if name == "figures":
+            files += [p for p in (run_dir / "pretrain" / "log.jsonl", run_dir / "pretrain" / "final_cluster_counts.npy")
+                      if p.exists()]
+        inputs["files"] = {str(p.relative_to(run_dir)): file_sha256(p) for p in files}
+    return inputs
+
+
+def wire_stage(name: str, scfg: Dict[str, Any], run_dir: Path, pretrain_cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Fill the keys that connect a stage to the run: checkpoint path, sanity-row backbones, run dir."""
+    scfg = copy.deepcopy(scfg)
+    stage = get_stage(name)
+    if name == "sanity_random":
+        scfg["checkpoint"] = None
+        if pretrain_cfg is not None:
+            scfg["backbone"] = {"name": pretrain_cfg["backbone"]["name"],
+                                "kwargs": {k: v for k, v in pretrain_cfg["backbone"].items() if k != "name"}}
+    elif name == "sanity_pixels":
+        scfg["checkpoint"] = None
+        scfg["backbone"] = {"name": "pixels", "kwargs": {}}
+    elif stage.uses_checkpoint and not scfg.get("checkpoint"):
+        scfg["checkpoint"] = str(run_dir / "pretrain" / "checkpoint.pth")
+        scfg["format"] = "excb-bench"
+    if name == "leaderboard":
+        scfg["runs"] = scfg.get("runs") or [str(run_dir)]
+    if name == "figures":
+        scfg["run"] = scfg.get("run") or str(run_dir)
+    return scfg
+
+
+# ----------------------------------------------------------------------------- running
+def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequence[str] = (),
+                 force: Sequence[str] = (), from_stage: Optional[str] = None) -> Dict[str, Any]:
+    """Run (or skip) every stage of ``cfg`` in order; returns {stage: status}."""
+    run_dir = Path(run_dir or cfg["output_dir"])
+    for s in list(only) + list(force) + ([from_stage] if from_stage else []):
+        if s not in cfg["stages"]:
+            raise ExcbError(f"stage '{s}' is not in this pipeline (stages: {', '.join(cfg['stages'])})")
+    D.init_from_env()
+    lock = RunLock(run_dir) if D.is_main() else None
+    if lock:
+        lock.__enter__()
+    try:
+        if D.is_main():
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        manifest = Manifest(run_dir)
+        forced = set(force)
+        if from_stage:
+            forced |= set(cfg["stages"][cfg["stages"].index(from_stage):])
+        statuses: Dict[str, str] = {}
+        pretrain_cfg = cfg.get("pretrain")
+        for name in cfg["stages"]:
+            if only and name not in only:
+                continue
+            statuses[name] = _run_one(name, cfg[name], run_dir, manifest, pretrain_cfg, name in forced)
+        return statuses
+    finally:
+        if lock:
+            lock.__exit__(None, None, None)
+
+
+def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
+             pretrain_cfg: Optional[Dict[str, Any]], forced: bool) -> str:
+    stage = get_stage(name)
+    sdir = run_dir / stage_dir_name(name)
+    scfg = wire_stage(name, scfg, run_dir, pretrain_cfg)
+    inputs = stage_inputs(name, scfg, run_dir)
+    h = sha256_json(inputs)
+    entry = manifest.entry(name)
+    done = entry.get("status") == "complete" and (sdir / "results.json").exists()
+    if done and entry.get("input_hash") == h and not forced:
+        _say(f"{name}: up to date, skipped (use --force {name} to rerun)")
+        return "up-to-date"
+    if sdir.exists() and (forced or (entry.get("input_hash") not in (None, h))):
+        if name == "pretrain" and not forced:
+            raise ExcbError(f"{sdir}: the pretraining config changed since this run was made; rerun with "
+                            f"--force pretrain to start over (the old run is kept as pretrain.prev), "
+                            f"or use another --output-dir")
+        if D.is_main():
+            prev = sdir.with_name(sdir.name + ".prev")
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(sdir, prev)
+        D.barrier()
+        _say(f"{name}: inputs changed or forced; previous outputs moved to {sdir.name}.prev")
+    resumed = entry.get("status") in ("running", "failed") and entry.get("input_hash") == h
+    _say(f"{name}: {'resuming' if resumed else 'running'} — {stage.summary}")
+    manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,
+                    git_commit=git_commit(), versions=package_versions(), reason=None)
+    t0 = time.time()
+    try:
+        if D.is_main():
+            sdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sdir / "config.yaml", dump_yaml(scfg))
+        res = stage.runner()(scfg, sdir)
+    except ExcbError as e:
+        if getattr(e, "skip_stage", False) or type(e).__name__ == "DetectronMissing":
+            manifest.update(name, status="skipped", reason=str(e), end=time.time())
+            _say(f"{name}: skipped — {e}")
+            return "skipped"
+        manifest.update(name, status="failed", reason=str(e), end=time.time())
+        raise
+    except BaseException as e:
+        manifest.update(name, status="failed", reason=f"{type(e).__name__}: {e}"[:500], end=time.time())
+        raise
+    if isinstance(res, dict) and res.get("status") == "stopped":
+        manifest.update(name, status="running", end=None)
+        return "stopped"
+    outputs = sorted(str(p.relative_to(run_dir)) for p in sdir.rglob("*") if p.is_file())
+    manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - t0, outputs=outputs[:200])
+    return "complete"
+
+
+def _say(msg: str) -> None:
+    if D.is_main():
+        print(f"[excb-bench] {msg}", flush=True)
