@@ -54,7 +54,6 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "amp": "auto",                     # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
     "channels_last": True,             # CUDA only
     "sync_bn": True,                   # under DDP on CUDA
-    "compile": False,
     "dist_timeout_s": 1800.0,
     "log_every": 50,
     "save_every": 0,                   # >0: also keep checkpoint_epochNNNN.pth every N epochs
