@@ -281,8 +281,8 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
         stats.add(loss, p_t, assign, labels)
         n_img += labels.shape[0]
         if progress and (i % max(cfg["log_every"], 1) == 0 or i == steps - 1):
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{schedules['lr'][it]:.3g}")
-            logger.log({"kind": "step", "epoch": epoch + 1, "step": it, "loss": float(loss), **parts,
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{schedules['lr'][it]:.3g}")
+            logger.log({"kind": "step", "epoch": epoch + 1, "step": it, "loss": float(loss.detach()), **parts,
                         "lr": float(schedules["lr"][it]), **balancer.stats()})
     bar.close()
     dt = time.time() - t0
