@@ -3,7 +3,7 @@
 Public entry points used by ``benchmarks/`` and ``detection/``:
 
 * :func:`excb.backbones.create_backbone` — backbone registry.
-* :func:`excb.checkpoint.load_backbone` — load a backbone from any supported checkpoint format.
+* :func:`excb.checkpoint_formats.load_backbone` — load a backbone from any supported checkpoint format.
 * :mod:`excb.data` — ImageFolder / embedded demo data sets.
 * :mod:`excb.io` — atomic writes, JSONL logging, hashing.
 * :mod:`excb.config` — YAML configs with dotted overrides and validation.
