@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from excb import ExcbError
-from excb.distributed import all_reduce_sum
+from excb.distributed import all_reduce_max, all_reduce_sum
 
 _BALANCERS: Dict[str, Callable[..., "Balancer"]] = {}
 
@@ -187,7 +187,9 @@ class SinkhornBalancer(Balancer):
     @torch.no_grad()
     def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
         z = z_t.float() / self.eps
-        Q = torch.exp(z - z.max()).t()  # K x B; max over all ranks is not needed: it cancels
+        # K x B. The shift must be the max over *all* ranks: a per-rank shift scales each rank's
+        # columns differently, which the (unconverged) row normalisations do not cancel.
+        Q = torch.exp(z - all_reduce_max(z.max().reshape(1))).t()
         B = all_reduce_sum(torch.tensor([float(Q.shape[1])], device=Q.device))
         K = Q.shape[0]
         Q = Q / all_reduce_sum(Q.sum().reshape(1)).clamp_min(1e-30)

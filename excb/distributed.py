@@ -63,6 +63,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate equally-shaped tensors from all ranks (rank order)."""
     if not is_dist():

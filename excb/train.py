@@ -255,7 +255,7 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
         # 4. a non-finite loss on any rank stops every rank before anything is written
         bad = D.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if float(bad) > 0:
-            raise ExcbError(f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {i + 1}; nothing was saved "
+            raise ExcbError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {i + 1}; nothing was saved "
                             f"for this epoch and the last checkpoint is intact — lower optim.lr or set "
                             f"optim.clip_grad, then rerun the same command to resume")
 

@@ -1,0 +1,123 @@
+"""Pretraining end to end on the demo data: outputs, bit-identical resume, NaN stop, collapse."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_config
+from excb import ExcbError
+from excb.io import read_json, read_jsonl, sha256_file
+from excb.train import train
+
+# 128 images at batch 64: two steps per epoch keeps three short runs within seconds
+FAST = {"data.limit_train": 128, "final_pass": False}
+
+
+def _ck(run: Path, name: str = "checkpoint.pth"):
+    return torch.load(run / name, map_location="cpu", weights_only=True)
+
+
+def _assert_state_equal(a, b, where=""):
+    """Recursive bit-equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (where, set(a) ^ set(b))
+        for k in a:
+            _assert_state_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_state_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def _assert_same_training_state(ca, cb):
+    assert ca["epoch"] == cb["epoch"]
+    for key in ("student", "teacher", "balancer", "optimizer"):
+        _assert_state_equal(ca[key], cb[key], key)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A: 2 epochs straight. B: stopped after epoch 1, then the same command again."""
+    root = tmp_path_factory.mktemp("pretrain")
+    a, b = root / "a", root / "b"
+    res_a = train(make_tiny_config(**FAST), a)
+    res_b1 = train(make_tiny_config(stop_after_epoch=1, **FAST), b)
+    shutil.copy(b / "checkpoint.pth", root / "b_epoch1.pth")
+    res_b2 = train(make_tiny_config(**FAST), b)
+    return {"root": root, "a": a, "b": b, "res_a": res_a, "res_b1": res_b1, "res_b2": res_b2}
+
+
+def test_outputs_and_epoch_stats(runs):
+    a = runs["a"]
+    res = read_json(a / "results.json")
+    assert res == runs["res_a"] or res["stage"] == "pretrain"
+    for key in ("stage", "metrics", "protocol", "data", "checkpoint", "seed", "world_size", "wall_s", "versions"):
+        assert key in res, key
+    assert res["status"] == "complete" and res["metrics"]["epochs_done"] == 2 and res["world_size"] == 1
+    assert res["data"]["n_train"] == 128
+    ck = _ck(a)
+    assert ck["format"] == "excb-bench" and ck["version"] == 1 and ck["epoch"] == 2
+    assert ck["backbone"]["name"] == "resnet18"
+    assert "centroids.weight" in ck["teacher"] and any(k.startswith("backbone.layer1") for k in ck["teacher"])
+    assert any(k.startswith("predictor.") for k in ck["student"]) and not any(k.startswith("predictor.") for k in ck["teacher"])
+    assert ck["balancer"]["s"].shape == (64,)
+    epochs = [r for r in read_jsonl(a / "log.jsonl") if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for r in epochs:
+        for key in ("loss", "c_avg", "agreement", "cluster_size_min", "cluster_size_max", "clusters_used", "purity",
+                    "lr", "momentum", "images_per_s", "s_min_rel", "s_max_rel"):
+            assert key in r, key
+        assert 0 < r["c_avg"] <= 1 and 0 <= r["agreement"] <= 1 and 0 < r["purity"] <= 1
+        assert r["cluster_size_min"] <= 1 <= r["cluster_size_max"]
+    steps = [r for r in read_jsonl(a / "log.jsonl") if r.get("kind") == "step"]
+    assert len(steps) == 4 and all(r["loss"] > 0 for r in steps)
+
+
+def test_resume_is_bit_identical(runs):
+    assert runs["res_b1"]["status"] == "stopped" and runs["res_b1"]["metrics"]["epochs_done"] == 1
+    assert _ck(runs["root"], "b_epoch1.pth")["epoch"] == 1
+    assert runs["res_b2"]["status"] == "complete"
+    ca, cb = _ck(runs["a"]), _ck(runs["b"])
+    _assert_same_training_state(ca, cb)
+    # and training did move the weights: the check above would catch a resume that restarted
+    c1 = _ck(runs["root"], "b_epoch1.pth")
+    assert not torch.equal(ca["teacher"]["centroids.weight"], c1["teacher"]["centroids.weight"])
+    assert not torch.equal(ca["balancer"]["s"], c1["balancer"]["s"])
+    # the per-epoch statistics of the resumed run match too
+    ha = [r for r in read_jsonl(runs["a"] / "log.jsonl") if r.get("kind") == "epoch"]
+    hb = [r for r in read_jsonl(runs["b"] / "log.jsonl") if r.get("kind") == "epoch"]
+    assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
+
+
+def test_worker_count_does_not_change_training(runs, tmp_path):
+    """Augmentations are seeded per item: 2 loader workers give the same weights as 0."""
+    train(make_tiny_config(num_workers=2, stop_after_epoch=1, **FAST), tmp_path)
+    _assert_same_training_state(_ck(runs["root"], "b_epoch1.pth"), _ck(tmp_path))
+
+
+def test_nan_stops_with_error_and_keeps_checkpoint(runs, tmp_path):
+    shutil.copy(runs["root"] / "b_epoch1.pth", tmp_path / "checkpoint.pth")
+    digest = sha256_file(tmp_path / "checkpoint.pth")
+    with pytest.raises(ExcbError) as e:
+        train(make_tiny_config(**{"debug.inject_nan_at_step": 3}, **FAST), tmp_path)  # epoch 2, step 2
+    msg = str(e.value)
+    assert "non-finite loss" in msg and "epoch 2" in msg and "\n" not in msg
+    assert sha256_file(tmp_path / "checkpoint.pth") == digest
+    assert not (tmp_path / "results.json").exists()
+    # the same command without the fault resumes from epoch 1 and ends where the clean run ends
+    res = train(make_tiny_config(**FAST), tmp_path)
+    assert res["status"] == "complete"
+    _assert_same_training_state(_ck(runs["a"]), _ck(tmp_path))
+
+
+def test_nan_in_first_epoch_writes_no_checkpoint(tmp_path):
+    with pytest.raises(ExcbError, match="non-finite"):
+        train(make_tiny_config(**{"debug.inject_nan_at_step": 0}, **FAST), tmp_path)
+    assert not (tmp_path / "checkpoint.pth").exists()
