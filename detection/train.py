@@ -384,6 +384,28 @@ def _convert(cfg: Mapping[str, Any], run_dir: Path) -> Tuple[str, Dict[str, Any]
     return str(out), rec, report["arch_hint"]
 
 
+# stage keys that locate inputs or launch processes: not part of the protocol
+NON_PROTOCOL = ("checkpoint", "format", "which", "arch", "trust_checkpoint", "backbone", "data", "progress",
+                "coco_root", "num_gpus", "num_machines", "machine_rank", "dist_url", "device", "num_workers", "eval_only",
+                "weights", "resume")
+# the Detectron2 values that define the protocol, copied into results.json
+D2_PROTOCOL_KEYS = ("MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STRIDE_IN_1X1",
+                    "MODEL.BACKBONE.FREEZE_AT", "MODEL.ROI_HEADS.NAME", "MODEL.MASK_ON", "MODEL.PIXEL_MEAN",
+                    "MODEL.PIXEL_STD", "INPUT.FORMAT", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
+                    "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.STEPS", "SOLVER.MAX_ITER",
+                    "TEST.PRECISE_BN.ENABLED")
+
+
+def protocol_record(cfg: Mapping[str, Any], d2_over: Mapping[str, Any]) -> Dict[str, Any]:
+    """The stage's hyperparameters plus the Detectron2 values that define the protocol."""
+    out = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in NON_PROTOCOL}
+    if out.get("dataset") == "synthetic" or isinstance(out.get("synthetic"), dict):
+        syn = {**DEFAULTS["synthetic"], **(cfg.get("synthetic") or {})}
+        out["synthetic"] = {k: v for k, v in syn.items() if k != "root"}
+    out["detectron2"] = {k: copy.deepcopy(get_key(d2_over, k)) for k in D2_PROTOCOL_KEYS}
+    return out
+
+
 def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """Convert, configure, train and evaluate; write and return ``run_dir/results.json``."""
     t0 = time.time()
@@ -418,11 +440,9 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         return {"stage": STAGE, "status": "worker", "machine_rank": int(cfg["machine_rank"])}
     raw = read_json(job["metrics_path"])
     metrics = parse_detectron2_metrics(raw["results"])
-    protocol = {k: copy.deepcopy(v) for k, v in cfg.items()
-                if k not in ("checkpoint", "format", "which", "arch", "trust_checkpoint", "data", "progress")}
-    protocol["detectron2"] = {"config": str(run_dir / "config_d2.yaml"), "base_config": job["base_config"],
-                              "iterations": raw.get("iter"), "norm": get_key(over, "MODEL.RESNETS.NORM"),
-                              "ims_per_batch": raw.get("ims_per_batch"), "max_iter": raw.get("max_iter")}
+    protocol = protocol_record(cfg, over)
+    protocol["detectron2"].update({"config": str(run_dir / "config_d2.yaml"), "base_config": job["base_config"],
+                                   "iterations_done": raw.get("iter")})
     res = {"stage": STAGE, "status": "complete", "metrics": metrics, "protocol": protocol, "data": data_rec,
            "checkpoint": ck_rec, "seed": int(cfg["seed"]), "world_size": world, "wall_s": round(time.time() - t0, 3),
            "versions": {**package_versions(), "detectron2": raw.get("detectron2_version")},

@@ -181,3 +181,14 @@ def test_stage_configs_resolve():
     assert demo["smoke"] is True and demo["dataset"] in ("synthetic", "auto")
     full = resolve_config(T.DEFAULTS, root / "r50_c4_1x.yaml", ["coco_root=/data/coco"])
     assert full["smoke"] is False and full["d2_config"] == T.FULL_CONFIG and full["coco_root"] == "/data/coco"
+
+
+def test_protocol_record_keeps_protocol_drops_locations(tmp_path):
+    cfg = {**T.DEFAULTS, "coco_root": "/data/coco", "num_gpus": 8, "smoke": False}
+    over = T.build_d2_overrides(cfg, run_dir=tmp_path, datasets=("a", "b"), weights="w", world_size=8, cuda=True,
+                                arch={"depth": 50})
+    p = T.protocol_record(cfg, over)
+    assert "coco_root" not in p and "num_gpus" not in p and "checkpoint" not in p
+    d = p["detectron2"]
+    assert d["SOLVER.IMS_PER_BATCH"] == 16 and d["SOLVER.MAX_ITER"] == 90000 and d["SOLVER.STEPS"] == [60000, 80000]
+    assert d["MODEL.RESNETS.NORM"] == "naiveSyncBN" and d["MODEL.ROI_HEADS.NAME"] == "Res5ROIHeadsExtraNorm"
