@@ -11,10 +11,13 @@ Third-party / backbone-only loading lives in :mod:`excb.checkpoint_formats`
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from excb import ExcbError
@@ -30,6 +33,7 @@ def save_training_checkpoint(run_dir: str | Path, state: Dict[str, Any], snapsho
     run_dir = Path(run_dir)
     latest = run_dir / LATEST
     tmp_target = run_dir / (LATEST + ".next")
+    state = plain_state(state)  # e.g. numpy lr values in optimizer param groups would defeat weights_only
     atomic_torch_save(tmp_target, state)  # complete and fsync'ed before anything is renamed
     if latest.exists():
         os.replace(latest, run_dir / PREVIOUS)
@@ -39,6 +43,24 @@ def save_training_checkpoint(run_dir: str | Path, state: Dict[str, Any], snapsho
     return latest
 
 
+def plain_state(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays turned into Python numbers/tensors, so that the saved file
+    holds only plain containers and tensors and loads with ``torch.load(weights_only=True)``."""
+    if isinstance(obj, dict):
+        return {k: plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_state(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    return obj
+
+
+class UnsafeCheckpointError(ExcbError):
+    """The file is a valid pickle that needs classes/functions outside the weights-only allow-list."""
+
+
 def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
     """``torch.load`` with weights_only; any failure is a one-line ExcbError naming the file."""
     path = Path(path)
@@ -46,6 +68,15 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise ExcbError(f"{path}: checkpoint not found") from e
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        if m:
+            raise UnsafeCheckpointError(f"{path}: refusing to unpickle '{m.group(1)}' (loading it could execute code "
+                                        f"from the file); only plain containers and tensors are loaded") from e
+        tail = msg.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+        detail = " ".join(tail.split())[:160] or "not a pickle"
+        raise ExcbError(f"{path}: unreadable checkpoint ({detail[:160]}); the file is truncated or corrupt") from e
     except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
         raise ExcbError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                         f"the file is truncated or corrupt") from e
@@ -54,25 +85,89 @@ def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
     return obj
 
 
+def _is_main() -> bool:
+    from excb import distributed as D
+
+    return D.is_main() and os.environ.get("RANK", "0") == "0"
+
+
+def _clean_stale_temporaries(run_dir: Path, log: Callable[[str], None]) -> None:
+    """Remove temporaries of checkpoint writes a kill interrupted (each is a full checkpoint's size).
+
+    Safe because only one process writes a run directory (the run lock) and this runs before it writes."""
+    for tmp in run_dir.glob(".checkpoint*.tmp"):
+        try:
+            size = tmp.stat().st_size
+            tmp.unlink()
+            log(f"removed {tmp.name} ({size / 2**20:.0f} MiB), left by a write that was interrupted")
+        except OSError:
+            pass
+
+
 def find_resumable(run_dir: str | Path, check: Optional[Callable[[Dict[str, Any]], None]] = None,
                    log: Callable[[str], None] = lambda m: warnings.warn(m)) -> Optional[Tuple[Path, Dict[str, Any]]]:
-    """Newest loadable checkpoint in ``run_dir`` (latest, then an unrenamed ``.next``, then previous)."""
+    """Newest loadable checkpoint in ``run_dir`` (latest, then an unrenamed ``.next``, then previous).
+
+    An unreadable file is reported, moved aside to ``<name>.corrupt`` (so the next save cannot rotate
+    it over the good previous generation) and skipped. A readable file that is not ours, needs unsafe
+    unpickling or fails ``check`` (another backbone/K) is an error: training from scratch would
+    overwrite it. A ``.next`` left by a kill between the two renames of a save is promoted to
+    ``checkpoint.pth``. Every rank reads first; only rank 0 then renames or deletes files.
+    """
+    from excb import distributed as D
+
     run_dir = Path(run_dir)
     candidates = [run_dir / LATEST, run_dir / (LATEST + ".next"), run_dir / PREVIOUS]
     found = []
+    damaged: list = []
     for p in candidates:
         if not p.exists():
             continue
         try:
             obj = load_checkpoint_file(p)
-            if obj.get("format") != FORMAT_TAG:
-                raise ExcbError(f"{p}: not an excb-bench training checkpoint (format={obj.get('format')!r})")
-            if check is not None:
-                check(obj)
-            found.append((p, obj))
+        except UnsafeCheckpointError as e:
+            raise ExcbError(f"{e}; refusing to resume from or overwrite it — use another output directory") from e
         except ExcbError as e:
-            log(f"skipping {e}")
-    if not found:
+            damaged.append((p, e))
+            continue
+        if obj.get("format") != FORMAT_TAG:
+            raise ExcbError(f"{p}: not an excb-bench training checkpoint (format={obj.get('format')!r}); "
+                            f"refusing to overwrite it — use another output directory")
+        if check is not None:
+            try:
+                check(obj)
+            except ExcbError as e:
+                raise ExcbError(f"{p}: {e}; refusing to overwrite it — use another output directory, or move "
+                                f"the old checkpoints away to start over") from e
+        found.append((p, obj))
+    best = max(found, key=lambda po: po[1].get("epoch", -1)) if found else None
+    D.barrier()  # every rank has read what it needs before rank 0 renames anything
+    if not _is_main():
+        return best
+    for p, e in damaged:
+        note = ""
+        try:
+            os.replace(p, p.with_name(p.name + ".corrupt"))
+            note = f" (moved aside to {p.name}.corrupt)"
+        except OSError:
+            pass
+        log(f"skipping {e}{note}")
+    if run_dir.is_dir():
+        _clean_stale_temporaries(run_dir, log)
+    if best is None:
+        if damaged:
+            log(f"no usable checkpoint in {run_dir} (damaged: {', '.join(p.name for p, _ in damaged)}); "
+                f"starting from epoch 0")
         return None
-    # a leftover '.next' can be newer than 'latest' if a kill hit between the two renames
-    return max(found, key=lambda po: po[1].get("epoch", -1))
+    if damaged:
+        log(f"using {best[0].name} (epoch {best[1].get('epoch')}) instead of the damaged "
+            f"{', '.join(p.name for p, _ in damaged)}")
+    if best[0].name == LATEST + ".next":
+        # a kill hit between the two renames of save_training_checkpoint: finish them
+        latest = run_dir / LATEST
+        if latest.exists():
+            os.replace(latest, run_dir / PREVIOUS)
+        os.replace(best[0], latest)
+        log(f"completed the interrupted save: {best[0].name} (epoch {best[1].get('epoch')}) is now {LATEST}")
+        best = (latest, best[1])
+    return best

@@ -33,16 +33,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FAULT_HITS = [0]
+
+
+def _fault_sleep_in_save(path: Path) -> None:
+    """Test hook: ``EXCB_FAULT_SLEEP_IN_SAVE=<seconds>[:<name substring>[:<n>]]`` pauses inside the
+    n-th (default first) matching write window — data complete in the temporary file, target not
+    yet replaced — so the fault-injection suite can kill the process exactly there. Unset in
+    normal use, where it costs one getenv."""
+    spec = os.environ.get("EXCB_FAULT_SLEEP_IN_SAVE")
+    if not spec:
+        return
+    seconds, match, nth = (spec.split(":") + ["", ""])[:3]
+    if match and match not in path.name:
+        return
+    _FAULT_HITS[0] += 1
+    if _FAULT_HITS[0] == int(nth or 1):
+        time.sleep(float(seconds))
+
+
 def atomic_write(path: PathLike, writer: Callable[[io.BufferedWriter], None]) -> Path:
     """Write ``path`` atomically; ``writer`` receives a binary file object."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the group
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        _fault_sleep_in_save(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
@@ -76,10 +103,44 @@ def atomic_write_json(path: PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+class _ErrorRecordingWriter:
+    """File proxy that remembers the OSError of a failed write: torch.save turns it into an
+    opaque RuntimeError ("unexpected pos ..."), which would hide a full disk."""
+
+    def __init__(self, f: io.BufferedWriter):
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
 def atomic_torch_save(path: PathLike, obj: Any) -> Path:
     import torch
 
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    def _save(f: io.BufferedWriter) -> None:
+        rec = _ErrorRecordingWriter(f)
+        try:
+            torch.save(obj, rec)
+        except OSError:
+            raise
+        except Exception:
+            if rec.error is not None:
+                raise rec.error  # atomic_write reports it (ENOSPC -> "no space left")
+            raise
+
+    return atomic_write(path, _save)
 
 
 def _json_default(o: Any) -> Any:

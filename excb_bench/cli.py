@@ -43,6 +43,7 @@ def _add_stage_args(p: argparse.ArgumentParser, stage: str) -> None:
         p.add_argument("--format", default=None, help="checkpoint format (default auto-detect)")
         p.add_argument("--which", default=None, choices=["teacher", "student"], help="which network of a "
                                                                                   "teacher/student checkpoint (default teacher)")
+        p.add_argument("--arch", default=None, help="backbone architecture when it cannot be inferred (e.g. resnet50)")
         p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of the checkpoint "
                                                                        "(executes code from the file: only for files you trust)")
         p.add_argument("--data-root", help="ImageFolder root with train/ and val/ (sets data.name=imagefolder)")
@@ -145,7 +146,7 @@ def _stage_cfg_from_args(stage_name: str, args) -> dict:
     extra: List[str] = []
     if getattr(args, "checkpoint", None):
         extra.append(f"checkpoint={args.checkpoint}")
-    for flag, key in (("format", "format"), ("which", "which")):
+    for flag, key in (("format", "format"), ("which", "which"), ("arch", "arch")):
         if getattr(args, flag, None):
             extra.append(f"{key}={getattr(args, flag)}")
     if getattr(args, "trust_checkpoint", False) and "trust_checkpoint" in defaults:
@@ -190,6 +191,19 @@ def cmd_stage(name: str, args) -> int:
                                                  for k, v in list(metrics.items())[:12]))
     print(f"[excb-bench] results: {out / 'results.json'}")
     return 0
+
+
+def cmd_pretrain(args, argv: List[str]) -> int:
+    """Pretraining under the run lock (rank 0 only under torchrun: the ranks share one directory)."""
+    from excb.train import main as pretrain_main
+    from excb_bench.pipeline import RunLock
+
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.output_dir or f"runs/pretrain-{name}")
+    if os.environ.get("RANK", "0") != "0":
+        return pretrain_main(argv)
+    with RunLock(out):
+        return pretrain_main(argv)
 
 
 def cmd_eval(args) -> int:
@@ -259,9 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "run-all":
             return cmd_run_all(args)
         if args.command == "pretrain":
-            from excb.train import main as pretrain_main
-
-            return pretrain_main([a for a in argv[1:] if a != "--debug"])
+            return cmd_pretrain(args, [a for a in argv[1:] if a != "--debug"])
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "formats":

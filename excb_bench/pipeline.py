@@ -55,7 +55,9 @@ def resolve_pipeline(path: Optional[str | Path], overrides: Sequence[str] = ()) 
     source = str(path) if path else "pipeline"
     top_over, per_over = split_overrides(overrides, STAGES)
     top_raw = {k: v for k, v in raw.items() if k not in STAGES}
-    cfg = resolve_config(PIPELINE_DEFAULTS, None, top_over, base=top_raw)
+    # the file's own keys are validated under the file's name, so a typo names the file
+    cfg = merge_section(copy.deepcopy(PIPELINE_DEFAULTS), top_raw, PIPELINE_DEFAULTS, source)
+    cfg = resolve_config(PIPELINE_DEFAULTS, None, top_over, base=cfg)
     for s in cfg["stages"]:
         get_stage(s)
     for k in list(per_over):
@@ -90,12 +92,36 @@ def _find_config(p: str, base_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- lock
+_HELD: Dict[str, int] = {}   # lock files this process holds (flock conflicts even within one process)
+
+
+def _holder_if_locked(lock_path: Path) -> Optional[str]:
+    """Who holds ``lock_path`` if another process does, else None (probes without keeping the lock)."""
+    if str(lock_path) in _HELD or not lock_path.exists():
+        return None
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)   # closing also drops the probe's shared lock
+    return None
+
+
 class RunLock:
     """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so a
-    lock left by a killed process is stale by construction and is taken over (and reported)."""
+    lock left by a killed process is stale by construction and is taken over (and reported).
+
+    Nested run directories conflict too: ``excb-bench pretrain -o runs/demo/pretrain`` is refused
+    while ``run-all`` works on ``runs/demo``, and ``run-all`` is refused while a stage command
+    works in one of its stage folders."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = Path(run_dir).resolve() / ".lock"
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
@@ -108,6 +134,16 @@ class RunLock:
             os.close(fd)
             raise ExcbError(f"{self.path.parent}: run directory is in use by {holder}; wait for it to finish "
                             f"or use another --output-dir")
+        run_dir = self.path.parent
+        nested = [(p / ".lock", "inside run directory") for p in run_dir.parents] + \
+                 [(p, "its sub-folder") for p in sorted(run_dir.glob("*/.lock")) + sorted(run_dir.glob("*/*/.lock"))]
+        for other, relation in nested:
+            holder = _holder_if_locked(other)
+            if holder:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise ExcbError(f"{run_dir}: {relation} {other.parent} is in use by {holder}; wait for it to "
+                                f"finish or use another --output-dir")
         previous = os.read(fd, 200).decode(errors="replace").strip()
         if previous:
             print(f"[excb-bench] cleared a stale lock left by {previous} (that process is gone)")
@@ -116,10 +152,12 @@ class RunLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         os.fsync(fd)
         self.fd = fd
+        _HELD[str(self.path)] = fd
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            _HELD.pop(str(self.path), None)
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
