@@ -144,6 +144,8 @@ def prepare_job(overrides: Dict[str, Any], *, run_dir: Path, paths: Mapping[str,
     if has_ck and resume and not eval_only and final.is_file() and final.read_text(encoding="utf-8") != text:
         raise ExcbError(f"{out_dir}: holds Detectron2 checkpoints of a run with another config ({final} differs); "
                         f"delete the folder, use another --output-dir, or resume=false to start over")
+    if weights and not Path(weights).is_file():
+        raise ExcbError(f"weights: file '{weights}' not found; pass a Detectron2 model file (e.g. <output>/d2/model_final.pth)")
     if eval_only and not weights and not has_ck:
         raise ExcbError(f"eval_only: no trained model in {out_dir} (no last_checkpoint); train first, or pass "
                         f"weights=<model_final.pth>")

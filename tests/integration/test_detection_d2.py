@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("detectron2", reason="Detectron2 is not installed (not on PyPI; see docs/detection.md)")
+pytest.importorskip("detectron2", reason="Detectron2 is not installed (not on PyPI; see docs/detection.md)",
+                    exc_type=ImportError)  # a broken install (missing dependency) skips too
 pytest.importorskip("pycocotools", reason="pycocotools (a Detectron2 dependency) is not installed")
 
 from excb import ExcbError  # noqa: E402
