@@ -424,6 +424,14 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
 
     paths, data_rec = _prepare_data(cfg, run_dir, kind)
     weights, ck_rec, arch = _convert(cfg, run_dir)
+    if cfg["eval_only"] and not cfg.get("checkpoint"):
+        # evaluating a finished model: its depth is the one it was trained with, not backbone.name
+        prev = run_dir / "config_d2.yaml"
+        if prev.is_file():
+            depth = get_key(yaml.safe_load(prev.read_text(encoding="utf-8")) or {}, "MODEL.RESNETS.DEPTH")
+            arch = {"depth": depth} if depth else arch
+        ck_rec = {"path": cfg.get("weights") or str(run_dir / "d2"), "sha256": None, "format": "detectron2-model",
+                  "arch": f"resnet{arch['depth']}" if arch and arch.get("depth") else None}
     num_classes = cfg.get("num_classes")
     if num_classes is None and kind == "synthetic":
         num_classes = count_categories(paths["train_json"])
@@ -440,7 +448,8 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         return {"stage": STAGE, "status": "worker", "machine_rank": int(cfg["machine_rank"])}
     raw = read_json(job["metrics_path"])
     metrics = parse_detectron2_metrics(raw["results"])
-    protocol = protocol_record(cfg, over)
+    # the values Detectron2 actually ran with (base file + ours), not only the ones we set
+    protocol = protocol_record(cfg, yaml.safe_load(Path(job["config_path"]).read_text(encoding="utf-8")) or over)
     protocol["detectron2"].update({"config": str(run_dir / "config_d2.yaml"), "base_config": job["base_config"],
                                    "iterations_done": raw.get("iter")})
     res = {"stage": STAGE, "status": "complete", "metrics": metrics, "protocol": protocol, "data": data_rec,

@@ -106,6 +106,10 @@ def test_smoke_train_eval_resume(tmp_path, r18_checkpoint):
     # evaluation only, of the finished model
     ev = T.run(_stage_cfg(tmp_path, r18_checkpoint, eval_only=True), run_dir)
     assert ev["metrics"] == res["metrics"]
+    # ... also without the checkpoint: the depth comes from the run's config, not backbone.name
+    ev2 = T.run(_stage_cfg(tmp_path, None, eval_only=True, checkpoint=None), run_dir)
+    assert ev2["metrics"] == res["metrics"] and ev2["checkpoint"]["format"] == "detectron2-model"
+    assert ev2["checkpoint"]["arch"] == "resnet18"
     # resuming checkpoints made under another config is refused
     with pytest.raises(ExcbError, match="another config"):
         T.run(_stage_cfg(tmp_path, r18_checkpoint, opts={"SOLVER": {"MAX_ITER": 6}}), run_dir)
