@@ -120,6 +120,7 @@ def test_eval_only_without_a_model_is_an_error(tmp_path, r18_checkpoint):
         T.run(_stage_cfg(tmp_path, r18_checkpoint, eval_only=True), tmp_path / "empty")
 
 
+@pytest.mark.slow  # 20-35 s on 2 shared cores
 def test_smoke_r50_c4(tmp_path):
     """The protocol's own architecture (R50-C4, extra norm, BN) through the smoke schedule."""
     torch.manual_seed(0)
