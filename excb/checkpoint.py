@@ -99,7 +99,7 @@ def _clean_stale_temporaries(run_dir: Path, log: Callable[[str], None]) -> None:
         try:
             size = tmp.stat().st_size
             tmp.unlink()
-            log(f"removed {tmp.name} ({size / 2**20:.0f} MiB), left by a write that was interrupted")
+            log(f"removed orphaned temporary {tmp.name} ({size / 2**20:.0f} MiB) left by an interrupted write")
         except OSError:
             pass
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,27 @@ def _holder_if_locked(lock_path: Path) -> Optional[str]:
     return None
 
 
+# atomic_write's temporaries: ".<target name>.<mkstemp's 8 random characters>.tmp"
+_ORPHAN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _sweep_orphaned_temporaries(run_dir: Path) -> None:
+    """Delete temporaries of atomic writes that a kill interrupted (a feature bank or checkpoint can be
+    gigabytes). Safe only while holding the run lock: then no other process is writing here."""
+    n, size = 0, 0
+    for p in run_dir.rglob(".*.tmp"):
+        if _ORPHAN.match(p.name) and p.is_file():
+            try:
+                size += p.stat().st_size
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    if n:
+        print(f"[excb-bench] removed {n} orphaned temporary file(s) ({size / 2**20:.0f} MiB) left by an "
+              f"interrupted write")
+
+
 class RunLock:
     """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so a
     lock left by a killed process is stale by construction and is taken over (and reported).
@@ -147,6 +169,7 @@ class RunLock:
         previous = os.read(fd, 200).decode(errors="replace").strip()
         if previous:
             print(f"[excb-bench] cleared a stale lock left by {previous} (that process is gone)")
+        _sweep_orphaned_temporaries(run_dir)
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())

@@ -55,7 +55,7 @@ def test_kill9_inside_checkpoint_write_keeps_previous_loadable(tmp_path, referen
 
     again = _finish(out, tmp_path, "rerun")
     assert "resuming from" in again.stdout, again.report()
-    assert "removed .checkpoint.pth.next" in again.stdout, "the orphaned temporary must be cleaned up"
+    assert "orphaned temporary" in again.stdout, "the orphaned temporary must be cleaned up"
     assert not list(out.glob(".checkpoint*.tmp"))
     assert_bit_identical(reference_pretrain / "checkpoint.pth", out / "checkpoint.pth")
 
