@@ -94,9 +94,13 @@ def report(title: str, settings: Mapping[str, Any], times: Mapping[str, List[flo
         a = med[num] if isinstance(num, str) else float(num)
         b = med[den] if isinstance(den, str) else float(den)
         r = a / b if b else float("nan")
+        if target is None:  # informational ratio
+            res_ratios[name] = {"value": r, "target": None, "sense": None, "met": None}
+            print(f"ratio {name}: {r:.4f}")
+            continue
         ok = (r <= target) if sense == "<=" else (r >= target)
         res_ratios[name] = {"value": r, "target": target, "sense": sense, "met": bool(ok)}
-        print(f"RATIO {name}: {r:.3f}  (target {sense} {target}: {'met' if ok else 'MISSED'})")
+        print(f"RATIO {name}: {r:.4f}  (target {sense} {target}: {'met' if ok else 'MISSED'})")
     for k, v in (extra or {}).items():
         if isinstance(v, Mapping):
             print(f"  {k}:")
