@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_config
+from tiny_helpers import make_tiny_config
 from excb import ExcbError
 from excb.config import resolve_config
 from excb.train import PRETRAIN_DEFAULTS, train, validate_config
