@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import free_port
+from tiny_helpers import free_port
 
 K, ROWS, STEPS = 16, 12, 4  # rows per rank per step
 
@@ -90,3 +90,30 @@ def test_sinkhorn_columns_balanced_across_ranks(two_rank_results):
     torch.testing.assert_close(p.sum(1), torch.ones(2 * ROWS), rtol=1e-5, atol=1e-5)
     col = p.sum(0) / (2 * ROWS / K)
     assert (col - 1).abs().max() < 0.5
+
+
+@pytest.mark.slow  # ~20 s CPU, but two ranks + torchrun start-up: ~50 s wall on a busy 2-core machine
+def test_two_rank_pretraining_under_torchrun(tmp_path):
+    """The DDP path end to end: torchrun, 2 gloo ranks, one epoch; statistics gathered over ranks."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny_helpers import TINY_OVERRIDES
+    from excb.config import flatten
+
+    flat = flatten({**TINY_OVERRIDES, "data": {"name": "demo", "limit_train": 128}, "epochs": 1})
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flat.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "excb", "-o", str(tmp_path / "run"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["world_size"] == 2 and res["status"] == "complete"
+    ck = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    s = ck["balancer"]["s"]
+    assert s.sum().item() == pytest.approx(1.0, abs=1e-5) and not torch.equal(s, torch.full_like(s, 1 / 64))
+    # 2 steps x 64 images x 2 global views were counted: clusters_used > 0 from both ranks' rows
+    assert 0 < res["metrics"]["clusters_used"] <= 1
+    assert res["metrics"]["final_max_rel_size"] >= 1
