@@ -121,6 +121,11 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     if cfg["headline_k"] not in k_list:
         raise ExcbError(f"knn: key 'headline_k' ({cfg['headline_k']}) must be one of k={k_list}")
     device = select_device(cfg)
+    # features travel, are cached and are searched in this dtype: fp16 halves the 1.28M x 2048 bank
+    bank_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
+                  "float16": torch.float16, "float32": torch.float32}.get(cfg["bank_dtype"])
+    if bank_dtype is None:
+        raise ExcbError(f"knn: key 'bank_dtype' must be auto, float16 or float32, got {cfg['bank_dtype']!r}")
     torch.manual_seed(int(cfg["seed"]))
     model, dim, ck = load_stage_backbone(cfg, int(cfg["crop"]))
     model = model.to(device)
@@ -130,13 +135,16 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     C = len(train.classes)
     log = JsonlLogger(run_dir / "log.jsonl", enabled=D.is_main())
     cache_dir = (Path(cfg["cache_dir"]) if cfg["cache_dir"] else run_dir / "features") if cfg["cache"] else None
+    if ck["format"] == "pixels":
+        cache_dir = None   # raw pixels are cheaper to recompute than to store
 
     def feats(ds, split: str):
         key = {"weights": checkpoint_key(ck, cfg), "transform": transform_key(cfg["resize"], cfg["crop"]),
-               "data": dataset_fingerprint(ds), "feature": "pooled", "split": split}
+               "data": dataset_fingerprint(ds), "feature": "pooled", "split": split, "dtype": str(bank_dtype)}
         return cached_features(cache_dir, key, lambda: extract_features(
             model, ds, cfg["batch_size"], cfg["num_workers"], device, amp=cfg["amp"],
-            channels_last=cfg["channels_last"], show_progress=cfg["progress"], desc=f"knn {split} features"))
+            channels_last=cfg["channels_last"], show_progress=cfg["progress"], desc=f"knn {split} features",
+            out_dtype=bank_dtype))
 
     t_feat = time.time()
     train_f, train_y = feats(train, "train")
@@ -144,10 +152,6 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     t_feat = time.time() - t_feat
     log.log({"event": "features", "n_train": len(train), "n_val": len(val), "dim": int(train_f.shape[1]), "s": t_feat})
 
-    bank_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
-                  "float16": torch.float16, "float32": torch.float32}.get(cfg["bank_dtype"])
-    if bank_dtype is None:
-        raise ExcbError(f"knn: key 'bank_dtype' must be auto, float16 or float32, got {cfg['bank_dtype']!r}")
     bank = l2_normalize(train_f.to(device), dtype=bank_dtype)
     del train_f
     # each rank votes for one shard of the test set; hit counts are summed

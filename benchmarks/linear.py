@@ -113,6 +113,22 @@ class LinearHeads(nn.Module):
         return [h(f) for h in self.heads]
 
 
+class PerSampleSeeded(torch.utils.data.Dataset):
+    """Seeds the RNG before each sample's augmentation from (epoch seed, sample index): the draws
+    do not depend on the number of loader workers, the rank, or where a run was resumed."""
+
+    def __init__(self, base):
+        self.base = base
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        torch.manual_seed((self.seed * 1_000_003 + int(i) * 7_919) % (2 ** 62))
+        return self.base[i]
+
+
 def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
@@ -256,14 +272,14 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                 b = order[s:s + per]
                 yield tr_f[b], tr_y[b]
     else:
-        train_aug = IndexedSubset(build_dataset(cfg["data"], "train", None), tr_idx,
-                                  transform=train_transform(cfg["crop"], cfg["rrc_scale"]))
+        train_aug = PerSampleSeeded(IndexedSubset(build_dataset(cfg["data"], "train", None), tr_idx,
+                                                  transform=train_transform(cfg["crop"], cfg["rrc_scale"])))
         use_cl = cfg["channels_last"] and device.type == "cuda"
 
         def batches(epoch: int):
-            # augmentation draws depend only on (seed, epoch, rank): a resumed epoch repeats them
-            es = epoch_seed(seed, epoch, salt=1 + D.rank())
-            torch.manual_seed(es)
+            # augmentation draws depend only on (seed, epoch, sample): a resumed epoch repeats them
+            es = epoch_seed(seed, epoch, salt=1)
+            train_aug.seed = es   # copied into the workers this epoch's loader starts
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(train_aug, rank_order(len(train_aug), seed, epoch)),
                 batch_size=max(1, int(cfg["batch_size"]) // D.world_size()), shuffle=False,

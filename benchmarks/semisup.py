@@ -11,7 +11,6 @@ augmentation seeded per (seed, epoch), so a resumed run ends with the same numbe
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from benchmarks.common import (EpochState, autocast, data_record, epoch_seed, lo
                                protocol_record, rng_state, seed_everything, select_device, set_rng_state,
                                stage_defaults, stopped_result, topk_correct, write_results)
 from benchmarks.features import eval_transform, extract_features
-from benchmarks.linear import cosine_lr, rank_order, train_transform
+from benchmarks.linear import PerSampleSeeded, cosine_lr, rank_order, train_transform
 from benchmarks.subsets import (SIMCLR_LINES, IndexedSubset, balanced_subset, indices_of, parse_subset_file,
                                 per_class_count, save_ids)
 
@@ -96,11 +95,15 @@ def expected_lines(cfg: Dict[str, Any], n_classes: int) -> Optional[int]:
         raise ExcbError(f"semisup: key 'subset_expected_lines' must be auto, none or an integer, got {v!r}") from None
 
 
+def _subset_path(cfg: Dict[str, Any]) -> Path:
+    return Path(str(cfg["subset_file"]).replace("{percent}", str(int(cfg["percent"]))))
+
+
 def choose_subset(cfg: Dict[str, Any], train) -> Tuple[List[int], Dict[str, Any]]:
     """Indices of the labelled subset and a record of where it came from."""
     p = int(cfg["percent"])
     if cfg["subset_file"]:
-        path = Path(str(cfg["subset_file"]).replace("{percent}", str(p)))
+        path = _subset_path(cfg)
         names = parse_subset_file(path, expected_lines(cfg, len(train.classes)), train.classes, train.sample_ids)
         return indices_of(names, train.sample_ids), {"source": "file", "path": str(path), "sha256": sha256_file(path)}
     if cfg["require_subset_file"]:
@@ -118,6 +121,10 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     seed = int(cfg["seed"])
     stage = f"semisup_{cfg['percent']}"
     bb_lr, head_lr = learning_rates(cfg)
+    if cfg["require_subset_file"] and not cfg["subset_file"]:   # fail before loading anything large
+        choose_subset(cfg, None)
+    if cfg["subset_file"] and not _subset_path(cfg).is_file():
+        parse_subset_file(_subset_path(cfg))   # the one-line "not found" error
     seed_everything(seed)
     device = select_device(cfg)
     backbone, dim, ck = load_stage_backbone(cfg, int(cfg["crop"]))
@@ -128,9 +135,10 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     val = build_dataset(cfg["data"], "val", eval_transform(cfg["resize"], cfg["crop"]))
     C = len(train_raw.classes)
     idx, subset = choose_subset(cfg, train_raw)
-    labelled = IndexedSubset(train_raw, idx, transform=train_transform(cfg["crop"], cfg["rrc_scale"]))
+    subset_ds = IndexedSubset(train_raw, idx, transform=train_transform(cfg["crop"], cfg["rrc_scale"]))
+    labelled = PerSampleSeeded(subset_ds)
     if D.is_main():
-        save_ids(run_dir / "subset_ids.txt", labelled.sample_ids)
+        save_ids(run_dir / "subset_ids.txt", subset_ds.sample_ids)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)   # the same head on every rank
@@ -178,8 +186,9 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     stop = int(cfg["stop_after_epoch"] or 0)
     for epoch in range(start, epochs):
         model.train()
-        es = epoch_seed(seed, epoch, salt=1 + D.rank())
-        torch.manual_seed(es)
+        es = epoch_seed(seed, epoch, salt=1)
+        labelled.seed = es          # augmentation: per (epoch, sample), whatever the workers / ranks
+        torch.manual_seed(epoch_seed(seed, epoch, salt=2 + D.rank()))   # anything else random (drop path)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(labelled, rank_order(len(labelled), seed, epoch)), batch_size=per_rank,
             shuffle=False, num_workers=int(cfg["num_workers"]), pin_memory=device.type == "cuda",

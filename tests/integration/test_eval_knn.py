@@ -14,7 +14,7 @@ TINY = ["data.limit_train=150", "data.limit_val=30", "resize=18", "crop=16", "nu
         "batch_size=64"]
 
 
-def test_pixels_row_contract_and_cache(tmp_path, capsys):
+def test_pixels_row_contract(tmp_path):
     cfg = resolve_config(K.DEFAULTS, None, TINY + ["backbone.name=pixels"])
     res = K.run(cfg, tmp_path / "knn")
     on_disk = json.loads((tmp_path / "knn" / "results.json").read_text())
@@ -28,18 +28,24 @@ def test_pixels_row_contract_and_cache(tmp_path, capsys):
     assert m["top1"] > 30.0                 # raw pixels of Fashion-MNIST are far above chance (10 %)
     assert res["data"] == {"name": "demo", "n_train": 150, "n_val": 30}
     assert res["checkpoint"]["format"] == "pixels" and res["protocol"]["temperature"] == 0.07
+    assert not (tmp_path / "knn" / "features").exists()   # raw pixels are not cached
+
+
+def test_random_init_row_is_seeded_and_cached(tmp_path, capsys):
+    cfg = resolve_config(K.DEFAULTS, None, TINY + ["backbone.name=resnet18", "k=[5,20]"])
+    a = K.run(cfg, tmp_path / "a")
+    b = K.run(resolve_config(K.DEFAULTS, None, TINY + ["backbone.name=resnet18", "k=[5,20]", "cache=false"]),
+              tmp_path / "b")
+    assert a["metrics"] == b["metrics"] and a["checkpoint"]["format"] == "random-init"
     # rerun: features come from the cache, numbers identical
     capsys.readouterr()
-    again = K.run(cfg, tmp_path / "knn")
+    again = K.run(cfg, tmp_path / "a")
     assert "features reused" in capsys.readouterr().out
-    assert again["metrics"] == res["metrics"]
-
-
-def test_random_init_row_is_seeded(tmp_path):
-    cfg = resolve_config(K.DEFAULTS, None, TINY + ["backbone.name=resnet18", "k=[5,20]", "cache=false"])
-    a = K.run(cfg, tmp_path / "a")
-    b = K.run(cfg, tmp_path / "b")
-    assert a["metrics"] == b["metrics"] and a["checkpoint"]["format"] == "random-init"
+    assert again["metrics"] == a["metrics"]
+    # another seed is another random network: the cache is not reused
+    K.run(resolve_config(K.DEFAULTS, None, TINY + ["backbone.name=resnet18", "k=[5,20]", "seed=1"]), tmp_path / "a")
+    assert "features reused" not in capsys.readouterr().out
+    assert len(list((tmp_path / "a" / "features").glob("*.pt"))) == 4
 
 
 def test_excb_checkpoint_layout(tmp_path):

@@ -127,3 +127,18 @@ def test_stage_leaves_backbone_untouched_and_learns(tmp_path, monkeypatch, mode)
     assert m["best_on_val"]["top1"] >= m["top1"]
     assert res["protocol"]["mode"] == mode and res["data"]["n_holdout"] == 16 and res["data"]["n_train_used"] == 144
     assert (tmp_path / "results.json").exists() and (tmp_path / "log.jsonl").exists()
+
+
+def test_vit_protocol_uses_last4_cls_and_reports_both_selections(tmp_path):
+    cfg = _cfg(**{"backbone.name": "vit_tiny_patch16_224", "backbone.kwargs": "{img_size: 32}", "data.limit_train": 60,
+                  "data.limit_val": 20, "resize": 36, "crop": 32, "epochs": 1, "batch_size": 32,
+                  "lrs": "[0.001,0.01,0.1]", "lr_batch_scaling": "true", "holdout_fraction": 0.2,
+                  "mode": "cached-features", "num_workers": 0, "progress": "false"})
+    res = L.run(cfg, tmp_path)
+    p, m = res["protocol"], res["metrics"]
+    assert p["feature"] == "last4_cls" and p["feature_dim"] == 4 * 192
+    assert p["lrs_effective"] == pytest.approx([0.000125, 0.00125, 0.0125])   # lr * 32 / 256
+    assert p["name"] == "linear-last4_cls-cached-features"
+    assert m["selection"] == "holdout" and len(m["per_lr"]) == 3
+    assert m["best_on_val"]["top1"] == max(r["val_top1"] for r in m["per_lr"])
+    assert m["top1"] == next(r["val_top1"] for r in m["per_lr"] if r["lr"] == m["selected_lr"])
