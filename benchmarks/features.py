@@ -42,7 +42,7 @@ def dataset_fingerprint(dataset) -> str:
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, dataset, batch_size: int = 256, num_workers: int = 0,
-                     device: Optional[torch.device] = None, feature_fn: Optional[FeatureFn] = None,
+                     device: Optional[torch.device | str] = None, feature_fn: Optional[FeatureFn] = None,
                      amp: str = "auto", channels_last: bool = True, show_progress: bool = True,
                      desc: str = "features", out_dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
     """Embed every sample of ``dataset`` (``ds[i] -> (tensor, label)``) with ``model`` in eval mode.
@@ -50,7 +50,7 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 256, num_worke
     Returns ``(features [N, D] on CPU, labels [N] int64)`` in data-set order, on every rank.
     ``feature_fn(model, x)`` replaces ``model(x)`` (e.g. concatenated CLS tokens of a ViT).
     """
-    device = device or torch.device("cpu")
+    device = torch.device(device) if device is not None else torch.device("cpu")
     n = len(dataset)
     start, end = shard_range(n, D.rank(), D.world_size())
     shard = torch.utils.data.Subset(dataset, list(range(start, end)))
