@@ -71,6 +71,7 @@ def test_kill_one_rank_ends_quickly_and_rerun_resumes(tmp_path, victim):
         pr.kill_group()
         raise AssertionError(f"torchrun still running {BOUND_S} s after rank {victim} was killed\n{pr.report()}")
     elapsed = time.time() - t0
+    print(f"torchrun ended {elapsed:.1f} s after rank {victim} was killed")
     pr._close()
     assert rc != 0 and elapsed < BOUND_S
     err = pr.stderr

@@ -18,7 +18,7 @@ def _finish(out: Path, cwd: Path, tag: str, entry=EXCB_BENCH) -> Proc:
     return pr
 
 
-@pytest.mark.parametrize("entry", ["excb-bench", "python -m excb"])
+@pytest.mark.parametrize("entry", ["excb-bench", pytest.param("python -m excb", marks=pytest.mark.slow)])
 def test_kill9_mid_epoch2_then_rerun_is_bit_identical(tmp_path, reference_pretrain, entry):
     entry_cmd = EXCB_BENCH if entry == "excb-bench" else PYTHON_M_EXCB
     out = tmp_path / "run"
@@ -28,7 +28,6 @@ def test_kill9_mid_epoch2_then_rerun_is_bit_identical(tmp_path, reference_pretra
     wait_until(reached_step(out, step), pr, 240, f"training step {step}")
     pr.kill9()
     assert pr.p.returncode == -9
-    assert read_json(out / "results.json") if (out / "results.json").exists() else True
     assert not (out / "results.json").exists(), "a killed run must not look finished"
     ck = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 1
