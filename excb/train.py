@@ -233,11 +233,11 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
         it = epoch * steps + i
         # 1. schedules for this step
         for g in optimizer.param_groups:
-            g["lr"] = schedules["lr"][it]
+            g["lr"] = float(schedules["lr"][it])  # plain floats: the optimizer state is saved weights-only
             if g["kind"] == "regular":
-                g["weight_decay"] = schedules["wd"][it]
+                g["weight_decay"] = float(schedules["wd"][it])
             elif g["kind"] == "centroids":
-                g["weight_decay"] = schedules["wd_centroids"][it]
+                g["weight_decay"] = float(schedules["wd_centroids"][it])
         mem = torch.channels_last if (device.type == "cuda" and cfg["channels_last"]) else torch.contiguous_format
         views = [v.to(device, non_blocking=True, memory_format=mem) for v in views]
         labels = labels.to(device, non_blocking=True)
@@ -386,6 +386,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
         if rank == 0:
             print(f"[excb] resuming from {path} (epoch {start_epoch}/{cfg['epochs']})")
+            logger.log({"kind": "resume", "epoch": start_epoch, "checkpoint": str(path)})
         del ck
 
     tb = _tensorboard(run_dir, cfg) if rank == 0 else None
@@ -437,7 +438,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                                                "purity", "clusters_used")}, **final,
                     "epochs_done": len(history) and history[-1]["epoch"]},
         "protocol": cfg,
-        "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None},
+        "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None,
+                 "skipped_files": len(getattr(base, "skipped", []))},
         "checkpoint": {"path": str(run_dir / "checkpoint.pth"), "format": FORMAT_TAG},
         "seed": cfg["seed"], "world_size": world, "wall_s": time.time() - t_start, "versions": package_versions(),
     }

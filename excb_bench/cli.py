@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from excb import ExcbError
+from excb import ExcbError, one_line as _one_line
 
 STAGE_COMMANDS = {
     "knn": "knn", "linear": "linear", "semisup": None, "detect": "detect", "leaderboard": "leaderboard",
@@ -252,17 +252,6 @@ def cmd_study(args) -> int:
     from benchmarks.study import main as study_main
 
     return study_main(args)
-
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e)
-    if "Original Traceback" in msg or "\n" in msg:  # re-raised from a DataLoader worker
-        lines = [l for l in msg.splitlines() if l.strip()]
-        for l in reversed(lines):
-            if "Error:" in l or "error:" in l:
-                return l.split("Error: ", 1)[-1].strip()
-        return lines[-1].strip()
-    return msg
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

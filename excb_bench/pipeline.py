@@ -232,7 +232,9 @@ def file_sha256(path: str | Path) -> str:
 
 def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """What a stage's result depends on; its hash decides whether the stage reruns."""
-    inputs: Dict[str, Any] = {"config": sha256_json(scfg)}
+    # debug.* (fault injection) does not change what a finished stage means
+    hashed = {k: v for k, v in scfg.items() if k != "debug"}
+    inputs: Dict[str, Any] = {"config": sha256_json(hashed)}
     ck = scfg.get("checkpoint")
     if ck and Path(ck).exists():
         inputs["checkpoint"] = {"path": str(ck), "sha256": file_sha256(ck)}

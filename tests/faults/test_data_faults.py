@@ -60,15 +60,13 @@ def test_bad_image_in_worker_is_one_line_naming_the_file(tmp_path, kind):
     assert not (tmp_path / "out" / "checkpoint.pth").exists()
 
 
-@pytest.mark.xfail(reason="excb/__main__.py prints the DataLoader-wrapped multi-line message; the fix (reuse "
-                          "excb_bench.cli._one_line's extraction there) is proposed to the lead", strict=False)
 def test_python_m_excb_worker_error_is_one_line_too(tmp_path):
     """The torchrun entry point (``python -m excb``) must not print a worker traceback either."""
     root = _make_folder(tmp_path / "data")
     (root / "train" / "dog" / "dog_3.jpg").write_bytes(_jpeg_bytes()[:400])
     pr = run([*PYTHON_M_EXCB, "-o", str(tmp_path / "out"), *_tiny_imagefolder_args(root)], tmp_path, timeout=180,
              tag="pym")
-    assert_one_line_error(pr, str(root / "train" / "dog" / "dog_3.jpg"), prefix="error:")
+    assert_one_line_error(pr, str(root / "train" / "dog" / "dog_3.jpg"), prefix="excb: error:")
 
 
 def test_empty_class_folder_is_one_line_naming_it(tmp_path):
