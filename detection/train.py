@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from excb import ExcbError
+from excb.config import get_dotted as get_key
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_write_json, package_versions, read_json, sha256_file
 
@@ -217,15 +218,6 @@ def load_d2_yaml(name_or_path: str) -> Dict[str, Any]:
     if "_BASE_" in data:
         raise ExcbError(f"{p}: _BASE_ is not supported here; the stage merges Detectron2's Base-RCNN-C4.yaml itself")
     return data
-
-
-def get_key(d: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    cur: Any = d
-    for p in dotted.split("."):
-        if not isinstance(cur, Mapping) or p not in cur:
-            return default
-        cur = cur[p]
-    return cur
 
 
 def effective_norm(norm: str, world_size: int, cuda: bool) -> str:
