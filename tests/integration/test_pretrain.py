@@ -12,6 +12,38 @@ from excb import ExcbError
 from excb.io import read_json, read_jsonl, sha256_file
 from excb.train import train
 
+def test_epoch_statistics_by_hand():
+    """SPEC section 5 on a hand-made epoch: c_avg (Eq. 11), sizes, agreement (Eq. 12), purity."""
+    from excb.train import EpochStats, cluster_purity
+
+    K = 4
+    st = EpochStats(K, G=2, device=torch.device("cpu"))
+    # step 1: 4 samples, two global views (rows: view 0 then view 1)
+    p1 = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 4 + [[0.4, 0.3, 0.2, 0.1]] * 4)
+    a1 = torch.tensor([0, 1, 2, 3, 0, 1, 3, 3])
+    st.add(torch.tensor(2.0), p1, a1, torch.tensor([0, 0, 1, 1]))
+    # step 2
+    p2 = torch.full((8, K), 0.25)
+    a2 = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1])
+    st.add(torch.tensor(4.0), p2, a2, torch.tensor([1, 1, 1, 1]))
+    out = st.summary()
+    assert out["loss"] == pytest.approx(3.0)
+    assert out["c_avg"] == pytest.approx(((0.7 + 0.4) / 2 + 0.25) / 2)
+    # agreement: step 1 3/4 of samples agree, step 2 3/4 -> 0.75
+    assert out["agreement"] == pytest.approx(0.75)
+    # counts over the epoch: cluster 0: 2+7, 1: 2+1, 2: 1, 3: 3 -> 16 rows; relative = count·K/16
+    assert out["cluster_size_max"] == pytest.approx(9 * 4 / 16)
+    assert out["cluster_size_min"] == pytest.approx(1 * 4 / 16)
+    assert out["clusters_used"] == 1.0
+    # purity on view 0: clusters {0: labels 0,1,1,1,1 -> 4}, {1: 0 -> 1}, {2: 1}, {3: 1} -> 7/8
+    assert out["purity"] == pytest.approx(7 / 8)
+    rng = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 50, (500,), generator=rng).numpy()
+    y = torch.randint(0, 7, (500,), generator=rng).numpy()
+    brute = sum(max(int(((a == k) & (y == c)).sum()) for c in range(7)) for k in range(50)) / 500
+    assert cluster_purity(a, y) == pytest.approx(brute)
+
+
 # 128 images at batch 64: two steps per epoch keeps three short runs within seconds
 FAST = {"data.limit_train": 128, "final_pass": False}
 
