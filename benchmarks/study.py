@@ -199,6 +199,7 @@ def plot_cluster_sizes(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("[study] matplotlib not installed: no figure (pip install matplotlib)")
         return None
@@ -217,6 +218,7 @@ def plot_cluster_sizes(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]
         axes[0, j].set_title(f"batch {B}")
         axes[0, j].set_yscale("log")
         axes[1, j].set_xlabel("epoch")
+        axes[1, j].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[1, j].set_ylim(0, 102)
     axes[0, 0].set_ylabel("largest cluster (× equal share)")
     axes[1, 0].set_ylabel("clusters used in the epoch (%)")

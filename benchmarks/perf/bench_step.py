@@ -143,6 +143,7 @@ def main(argv=None) -> int:
                         warmup=1, repeat=5)
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-part breakdown")
     p.add_argument("--no-proposed", action="store_true", help="skip the variant with the proposals of proposals.py")
+    p.add_argument("--flops", action="store_true", help="also count FLOPs of both steps (FlopCounterMode): the compute floor")
     args = p.parse_args(argv)
     setup_threads(args.threads)
     s = dict(QUICK if args.quick else FULL)
@@ -157,6 +158,17 @@ def main(argv=None) -> int:
         bd = st.breakdown(1 if args.quick else 3)
         tot = sum(bd.values())
         extra["breakdown (median ms, % of sum)"] = {k: f"{1e3 * v:.1f} ms ({100 * v / tot:.1f}%)" for k, v in bd.items()}
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counts = {}
+        for name, fn in (("excb_step", st.excb_steps), ("backbone_only", st.baseline_steps)):
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            counts[name] = fc.get_total_flops() / s["steps"]
+        extra["FLOPs per step (matmul/conv)"] = (f"ExCB {counts['excb_step'] / 1e9:.1f} G, backbone only "
+                                                 f"{counts['backbone_only'] / 1e9:.1f} G, ratio "
+                                                 f"{counts['excb_step'] / counts['backbone_only']:.3f} (the compute floor)")
     settings = {k: v for k, v in s.items()}
     r = report("ExCB training step vs bare multi-crop backbone step", settings, times,
                {"excb_step / backbone_only": ("excb_step", "backbone_only", 1.2, "<="),
