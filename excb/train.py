@@ -8,6 +8,7 @@ order and every augmentation are functions of (seed, epoch, sample index)).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import time
@@ -65,6 +66,12 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
 
 
 # ----------------------------------------------------------------------------- data
+def item_seed(seed: int, epoch: int, idx: int) -> int:
+    """A 63-bit seed per (seed, epoch, index); hashed so no two items of any epochs share one."""
+    h = hashlib.blake2b(f"{seed}:{epoch}:{idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
 class MultiCropDataset(torch.utils.data.Dataset):
     """Wraps a data set; item ``(index, epoch)`` -> (views, label), augmentation seeded per item.
 
@@ -82,7 +89,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         idx, epoch = item
         img = self.base.load_image(idx)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + idx) % (2 ** 63))
+            torch.manual_seed(item_seed(self.seed, epoch, idx))
             views = self.transform(img)
         return views, self.base.targets[idx]
 
