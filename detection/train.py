@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from excb import ExcbError
+from excb.config import deep_update as _merge
 from excb.config import get_dotted as get_key
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_write_json, package_versions, read_json, sha256_file
@@ -188,16 +189,6 @@ def _norm_opts(opts: Any) -> Dict[str, Any]:
             node[parts[-1]] = _merge(node.get(parts[-1], {}), _norm_opts(v))
         else:
             node[parts[-1]] = v
-    return out
-
-
-def _merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
     return out
 
 
