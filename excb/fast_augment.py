@@ -23,8 +23,9 @@ uses exact float HSV instead of PIL's 8-bit HSV.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,34 +36,66 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from excb.augment import AUGMENT_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD
-from excb.data import to_rgb
+from excb.data import open_image, to_rgb
 
 ImageLike = Union[Image.Image, torch.Tensor, bytes, bytearray, str, Path]
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's "L" conversion and torchvision
 
 
-def decode_image(src: ImageLike) -> torch.Tensor:
-    """Anything image-like -> uint8 RGB tensor (3, H, W). JPEG bytes/files go through libjpeg-turbo."""
+_JPEG_MAGIC = b"\xff\xd8"
+
+
+def _decode_jpeg(data: Union[bytes, bytearray]) -> Optional[torch.Tensor]:
+    """JPEG bytes -> uint8 RGB (3, H, W) via libjpeg-turbo, or None if it refuses them (truncated,
+    not really a JPEG, unusual colour spaces): the caller then goes through PIL."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 flags its image codecs as deprecated on every call; the codec itself is fine
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            buf = data if isinstance(data, bytearray) else bytearray(data)   # frombuffer needs a writable buffer
+            return decode_jpeg(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            return None
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)   # a writable copy: no torch warning
+
+
+def decode_file(path: Union[str, Path]) -> torch.Tensor:
+    """Image file -> uint8 RGB tensor. JPEGs are decoded by libjpeg-turbo; everything else, and any
+    file it refuses, by :func:`excb.data.open_image` — so a bad file raises the same one-line
+    :class:`~excb.ExcbError` naming it as the PIL backend does."""
+    data = None
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == _JPEG_MAGIC:
+                data = bytearray(_JPEG_MAGIC + f.read())
+    except OSError:
+        pass                                        # missing/unreadable: open_image words the error
+    t = _decode_jpeg(data) if data is not None else None
+    return t if t is not None else _pil_to_tensor(open_image(path))
+
+
+def decode_image(src: ImageLike) -> torch.Tensor:
+    """Anything image-like -> uint8 RGB tensor (3, H, W). JPEG bytes/files go through libjpeg-turbo."""
     if isinstance(src, torch.Tensor):
         t = src if src.dtype == torch.uint8 else (src.clamp(0, 1) * 255).round().to(torch.uint8)
         return t.expand(3, -1, -1) if t.shape[0] == 1 else t
     if isinstance(src, (str, Path)):
-        src = Path(src).read_bytes()
+        return decode_file(src)
     if isinstance(src, (bytes, bytearray)):
-        if src[:2] == b"\xff\xd8":
-            try:
-                return decode_jpeg(torch.frombuffer(bytearray(src), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except RuntimeError:  # CMYK or unusual JPEGs: PIL handles them
-                pass
+        t = _decode_jpeg(src) if src[:2] == _JPEG_MAGIC else None
+        if t is not None:
+            return t
         import io
 
         with Image.open(io.BytesIO(src)) as im:
             im.load()
-            src = to_rgb(im)
-    arr = np.asarray(to_rgb(src))
-    return torch.from_numpy(arr).permute(2, 0, 1)
+            return _pil_to_tensor(im)
+    return _pil_to_tensor(src)
 
 
 def _gaussian_kernel1d(k: int, sigma: float) -> torch.Tensor:
@@ -142,6 +175,8 @@ def _p(prob: float) -> bool:
 
 class FastMultiCropTransform:
     """Image (PIL, uint8 tensor, JPEG bytes or path) -> list of G + L normalised tensors (globals first)."""
+
+    accepts_path = True   # MultiCropDataset hands it the file path: JPEGs skip PIL decoding
 
     def __init__(self, cfg: Dict[str, Any]):
         cfg = {**AUGMENT_DEFAULTS, **cfg}

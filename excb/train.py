@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -22,7 +23,7 @@ from torch import nn
 
 from excb import ExcbError
 from excb import distributed as D
-from excb.augment import AUGMENT_DEFAULTS, MultiCropTransform, eval_transform
+from excb.augment import AUGMENT_DEFAULTS, MULTICROP_BACKENDS, build_multicrop, eval_transform
 from excb.balancing import create_balancer
 from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
 from excb.config import require_positive
@@ -76,18 +77,25 @@ class MultiCropDataset(torch.utils.data.Dataset):
     """Wraps a data set; item ``(index, epoch)`` -> (views, label), augmentation seeded per item.
 
     Seeding each item from (seed, epoch, index) makes the views independent of worker count,
-    persistent workers and interruptions — the basis of bit-identical resume.
+    persistent workers and interruptions — the basis of bit-identical resume. A transform with
+    ``accepts_path = True`` (augment.backend "fast") gets the file path of file-backed data sets
+    (``ImageFolderDataset.samples``) and decodes it itself; others get ``base.load_image(i)``.
     """
 
     def __init__(self, base, transform, seed: int):
         self.base, self.transform, self.seed = base, transform, seed
+        self.pass_path = bool(getattr(transform, "accepts_path", False)) and hasattr(base, "samples")
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def source(self, idx: int):
+        """What the transform is given for item ``idx``: a file path or a PIL image."""
+        return self.base.samples[idx][0] if self.pass_path else self.base.load_image(idx)
+
     def __getitem__(self, item: Tuple[int, int]):
         idx, epoch = item
-        img = self.base.load_image(idx)
+        img = self.source(idx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, epoch, idx))
             views = self.transform(img)
@@ -116,7 +124,21 @@ class EpochShardSampler(torch.utils.data.Sampler):
 
 
 def _worker_init(worker_id: int) -> None:
+    # one intra-op thread per worker: the main process keeps (cores - workers) for the model
     torch.set_num_threads(1)
+
+
+def cpu_threads(num_workers: int) -> Optional[int]:
+    """Intra-op threads for CPU training: the cores this process may use minus the loader workers
+    (they run concurrently, one thread each), at least 1, and never more than torch already has
+    (a caller's ``torch.set_num_threads`` limit stays). None: ``OMP_NUM_THREADS`` is set, respect it."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - num_workers))
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -310,6 +332,10 @@ def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
         raise ExcbError(f"{source}: key 'augment.n_global' must be >= 2 (the loss pairs distinct global views)")
     if cfg["recipe"] not in ("paper", "official-code"):
         raise ExcbError(f"{source}: key 'recipe' must be 'paper' or 'official-code', got {cfg['recipe']!r}")
+    backend = cfg["augment"].get("backend", "pil")
+    if backend not in MULTICROP_BACKENDS:
+        raise ExcbError(f"{source}: key 'augment.backend' must be one of {', '.join(map(repr, MULTICROP_BACKENDS))}, "
+                        f"got {backend!r}")
 
 
 def _seed_all(seed: int) -> None:
@@ -332,8 +358,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                         f"processes ({world})")
     bpr = cfg["batch_size"] // world
     _seed_all(cfg["seed"])
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    if device.type == "cpu" and (n_threads := cpu_threads(cfg["num_workers"])) is not None:
+        torch.set_num_threads(n_threads)
 
     # ---- data
     base = build_dataset(cfg["data"], "train")
@@ -341,7 +367,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     if K > len(base):
         raise ExcbError(f"config: key 'centroids.K' ({K}) is larger than the training set ({len(base)} images) can "
                         f"populate; use centroids.K <= {len(base)} (the paper: 65,536 for 1.28 M images)")
-    ds = MultiCropDataset(base, MultiCropTransform(cfg["augment"]), cfg["seed"])
+    ds = MultiCropDataset(base, build_multicrop(cfg["augment"]), cfg["seed"])
     sampler = EpochShardSampler(len(ds), bpr, cfg["seed"], rank, world)
     if sampler.steps == 0:
         raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) exceeds the training set "
