@@ -70,22 +70,35 @@ class NoBalancer(Balancer):
     """No balancing at all: the collapse baseline."""
 
 
-def balance_operator(z: torch.Tensor, s: torch.Tensor, variant: str = "linear") -> torch.Tensor:
-    """Eq. 10: B(z; s) per cluster, s = relative cluster sizes (sum 1), K = len(s).
+def balance_coefficients(s: torch.Tensor, variant: str = "linear", dtype: torch.dtype = torch.float32
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10 is affine in z for each cluster: B(z; s)_k = a_k z + b_k. Returns (a, b) in ``dtype``.
 
-    Undersized clusters (sK < 1) are pushed up, to 1 at s = 0:  1 - (1 - z) sK
-    (``variant="quadratic"``: 1 - (1 - z)(sK)^2, Appendix B). Oversized clusters (sK > 1)
-    are pushed down, to -1 at s = 1:  (1 + z) / (sK) - 1. At sK = 1 both are the identity.
+    Undersized (sK < 1):  1 - (1 - z) sK      -> a = sK,     b = 1 - sK   (to 1 at s = 0)
+      quadratic variant (Appendix B) uses (sK)^2 in place of sK
+    Oversized (sK > 1):   (1 + z) / (sK) - 1  -> a = 1/(sK), b = 1/(sK) - 1 (to -1 at s = 1)
+    sK = 1: the identity (a = 1, b = 0).
     """
-    sK = (s * s.numel()).to(z.dtype)
-    if variant == "linear":
-        under = 1.0 - (1.0 - z) * sK
-    elif variant == "quadratic":
-        under = 1.0 - (1.0 - z) * sK * sK
-    else:
+    if variant not in ("linear", "quadratic"):
         raise ExcbError(f"balancer.variant: unknown value '{variant}'; use 'linear' or 'quadratic'")
-    over = (1.0 + z) / sK.clamp_min(torch.finfo(z.dtype).tiny) - 1.0
-    return torch.where(sK < 1, under, torch.where(sK > 1, over, z))
+    sK = s.to(dtype) * s.numel()
+    under = sK * sK if variant == "quadratic" else sK
+    inv = 1.0 / sK.clamp_min(torch.finfo(dtype).tiny)
+    a = torch.where(sK < 1, under, torch.where(sK > 1, inv, torch.ones_like(sK)))
+    b = torch.where(sK < 1, 1.0 - under, torch.where(sK > 1, inv - 1.0, torch.zeros_like(sK)))
+    return a, b
+
+
+def balance_operator(z: torch.Tensor, s: torch.Tensor, variant: str = "linear") -> torch.Tensor:
+    """Eq. 10: B(z; s) for similarities z (rows, K) and relative cluster sizes s (sum 1, K = len(s))."""
+    dtype = torch.promote_types(z.dtype, torch.float32)   # fp32 under AMP, fp64 stays fp64
+    a, b = balance_coefficients(s, variant, dtype)
+    return torch.addcmul(b, z.to(dtype), a)
+
+
+# Rows of a (rows, K) matrix processed together, in elements: the balanced block is sharpened,
+# arg-maxed and normalised while it is still in cache (CPU); a GPU wants one large kernel.
+_BLOCK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 28}
 
 
 @register_balancer("excb")
@@ -117,7 +130,8 @@ class ClusterBalancer(Balancer):
         self.register_buffer("s", torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float32))
 
     def balanced(self, z_t: torch.Tensor) -> torch.Tensor:
-        zb = balance_operator(z_t.float(), self.s, self.variant)
+        """B(z_t; s), plus the released code's winner tweak when ``official_code``."""
+        zb = balance_operator(z_t, self.s, self.variant)
         if self.official_code:
             win = zb.argmax(dim=-1, keepdim=True)
             zb = zb.scatter(1, win, zb.gather(1, win) * 1.01).clamp(-1.0, 1.0)
@@ -127,9 +141,25 @@ class ClusterBalancer(Balancer):
     def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.update_when == "before":
             self._update_s(z_t.float().argmax(dim=-1) if self.assign_from == "raw" else self.balanced(z_t).argmax(dim=-1))
-        zb = self.balanced(z_t)
-        p = F.softmax(zb / tau, dim=-1)
-        assign = zb.argmax(dim=-1) if self.assign_from == "balanced" else z_t.argmax(dim=-1)
+        if self.official_code:
+            zb = self.balanced(z_t)
+            p = F.softmax(zb / tau, dim=-1)
+            assign = zb.argmax(dim=-1) if self.assign_from == "balanced" else z_t.argmax(dim=-1)
+            return p, assign
+        # softmax(B(z)/τ) with B's coefficients scaled by 1/τ: one multiply-add per element, then
+        # arg-max and normalisation of each row block while it is still in cache
+        a, b = balance_coefficients(self.s, self.variant)
+        a, b = a / tau, b / tau
+        rows, K = z_t.shape
+        p = torch.empty(rows, K, dtype=torch.float32, device=z_t.device)
+        assign = torch.empty(rows, dtype=torch.long, device=z_t.device)
+        step = max(1, _BLOCK_ELEMS.get(z_t.device.type, 1 << 28) // max(K, 1))
+        for r0 in range(0, rows, step):
+            blk = p[r0:r0 + step]
+            torch.addcmul(b, z_t[r0:r0 + step].float(), a, out=blk)
+            src = blk if self.assign_from == "balanced" else z_t[r0:r0 + step]
+            torch.argmax(src, dim=-1, out=assign[r0:r0 + step])   # argmax of B(z)/τ = argmax of B(z)
+            blk.copy_(torch.softmax(blk, dim=-1))
         return p, assign
 
     @torch.no_grad()

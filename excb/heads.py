@@ -6,7 +6,7 @@ them (predictor path and local crops: centroids learn from global views only).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,40 @@ class CentroidLayer(nn.Module):
     def num_clusters(self) -> int:
         return self.weight.shape[0]
 
+    def normalized_weight(self) -> torch.Tensor:
+        """Unit-norm centroids (K, D); normalise once per step and share among all views."""
+        return F.normalize(self.weight, dim=-1)
+
     def forward(self, v: torch.Tensor, detach: bool = False) -> torch.Tensor:
         w = self.weight.detach() if detach else self.weight
         return F.normalize(v, dim=-1) @ F.normalize(w, dim=-1).t()
+
+
+class _RowsGradMatmul(torch.autograd.Function):
+    """``x @ w.T`` where only the first ``n`` rows of x send gradient to w.
+
+    Equal to ``cat([x[:n] @ w.T, x[n:] @ w.detach().T])`` without splitting the product or
+    copying the (rows, K) result: the centroid stop-gradient for local crops in one GEMM.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.n = n
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = g @ w.to(g.dtype) if ctx.needs_input_grad[0] else None
+        gw = g[: ctx.n].t() @ x[: ctx.n].to(g.dtype) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
+def cosine_logits(v: torch.Tensor, w_unit: torch.Tensor, grad_rows: Optional[int] = None) -> torch.Tensor:
+    """cos(v_i, c_k) for unit centroids ``w_unit``; only rows ``< grad_rows`` move the centroids
+    (``None``: all rows do)."""
+    v = F.normalize(v, dim=-1)
+    if grad_rows is None or grad_rows >= v.shape[0] or not w_unit.requires_grad:
+        return v @ w_unit.t()
+    return _RowsGradMatmul.apply(v, w_unit, grad_rows)

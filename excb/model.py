@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 from itertools import groupby
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from excb.backbones import create_backbone
-from excb.heads import CentroidLayer, mlp
+from excb.heads import CentroidLayer, cosine_logits, mlp
 
 HEAD_DEFAULTS: Dict[str, Any] = {
     "hidden_dim": 2048,
@@ -50,17 +50,15 @@ class ExCBStudent(nn.Module):
         self.centroids = CentroidLayer(head["out_dim"], num_clusters)
 
     def forward(self, views: Sequence[torch.Tensor], n_global: int, local_stop_grad: bool = True
-                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Returns per-view lists ``z_h`` and ``z_g`` (globals first)."""
-        b = views[0].shape[0]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``z_h`` and ``z_g`` as (V, B, K) tensors (globals first)."""
+        b, V = views[0].shape[0], len(views)
         h = self.projector(_forward_backbone(self.backbone, views))
-        hg, hl = h[: n_global * b], h[n_global * b:]
-        z_h = [self.centroids(hg, detach=False)]
-        if hl.numel():
-            z_h.append(self.centroids(hl, detach=local_stop_grad))
-        z_h = torch.cat(z_h)
-        z_g = self.centroids(self.predictor(h), detach=True)
-        return list(z_h.chunk(len(views))), list(z_g.chunk(len(views)))
+        w = self.centroids.normalized_weight()          # once per step, shared by all views
+        # local crops see the centroids but do not move them (stop-gradient)
+        z_h = cosine_logits(h, w, n_global * b if local_stop_grad else None)
+        z_g = cosine_logits(self.predictor(h), w.detach())   # the predictor never moves them
+        return z_h.view(V, b, -1), z_g.view(V, b, -1)
 
 
 class ExCBTeacher(nn.Module):
@@ -73,9 +71,10 @@ class ExCBTeacher(nn.Module):
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, views: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(V, B, K) cosine similarities of the views to the teacher's centroids."""
         z = self.centroids(self.projector(_forward_backbone(self.backbone, views)))
-        return list(z.chunk(len(views)))
+        return z.view(len(views), views[0].shape[0], -1)
 
     @torch.no_grad()
     def ema_update(self, student: ExCBStudent, m: float) -> None:

@@ -273,11 +273,11 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
 
         with autocast_ctx(cfg["amp"], device):
             # 2. teacher on global views, balanced targets (Eq. 8-10)
-            z_t = torch.cat(teacher(views[:G])).float()
+            z_t = teacher(views[:G]).flatten(0, 1).float()               # (G·B, K)
             p_t, assign = balancer.teacher_probs(z_t, tau_t)
             # 3. student on all views; Eq. 7
-            z_h, z_g = student_ddp(views, G, cfg["centroids"]["local_stop_grad"])
-            loss, parts = excb_loss(p_t.chunk(G), z_h, z_g, tau_s, cfg["loss"]["pairs"])
+            z_h, z_g = student_ddp(views, G, cfg["centroids"]["local_stop_grad"])   # (V, B, K) each
+            loss, parts = excb_loss(p_t.view(G, -1, p_t.shape[-1]), z_h, z_g, tau_s, cfg["loss"]["pairs"])
         if it == cfg["debug"]["inject_nan_at_step"]:
             loss = loss * float("nan")
 

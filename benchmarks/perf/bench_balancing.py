@@ -5,10 +5,11 @@
     python -m benchmarks.perf.bench_balancing --quick
 
 Candidates, each on the same (rows, K) cosine-similarity matrix:
-* ``excb B + s update``: Eq. 10 (``balance_operator`` via ``ClusterBalancer.balanced``), the
-  hard labels of Eq. 8 and the s update of Eq. 9 — the work ExCB adds to a step;
-* ``excb teacher_probs + update``: the above plus the sharpened softmax every method needs;
-* ``excb fused (proposal)``: the same output with ``proposals.balanced_logits`` (one multiply-add);
+* ``excb B + s update``: what ExCB runs per step — ``ClusterBalancer.teacher_probs`` (Eq. 10 as
+  one multiply-add with 1/τ folded in, hard labels of Eq. 8, the sharpened softmax, in
+  cache-sized row blocks) and ``update`` (Eq. 9: counts all-reduced, EMA of s);
+* ``excb literal``: the same output with Eq. 10 evaluated branch by branch over the whole
+  matrix (``benchmarks/perf/reference_step.py``), for comparison;
 * ``dino-centering`` and ``sinkhorn`` (3 iterations) through the same balancer interface;
 * ``softmax only`` (the ``none`` balancer): the floor shared by all of them.
 Ratios: each / one ExCB training step of benchmark 1 (target for ExCB's B + s update: <= 3 %),
@@ -26,7 +27,7 @@ from benchmarks.perf.bench_step import FULL, QUICK, StepSetup
 
 
 def balancing_candidates(rows: int, K: int, seed: int = 0) -> Dict[str, Callable[[], None]]:
-    from benchmarks.perf.proposals import excb_teacher_probs_fused
+    from benchmarks.perf.reference_step import teacher_probs_literal
     from excb.balancing import create_balancer
 
     g = torch.Generator().manual_seed(seed)
@@ -39,16 +40,12 @@ def balancing_candidates(rows: int, K: int, seed: int = 0) -> Dict[str, Callable
     sk = create_balancer("sinkhorn", K)
     none = create_balancer("none", K)
 
-    def excb_b_update():
-        assign = excb.balanced(z).argmax(dim=-1)
-        excb.update(z, assign)
-
     def excb_full():
         p, a = excb.teacher_probs(z, tau)
         excb.update(z, a)
 
-    def excb_fused():
-        p, a = excb_teacher_probs_fused(excb, z, tau)
+    def excb_literal():
+        p, a = teacher_probs_literal(excb, z, tau)
         excb.update(z, a)
 
     def centering():
@@ -62,8 +59,7 @@ def balancing_candidates(rows: int, K: int, seed: int = 0) -> Dict[str, Callable
     def softmax_only():
         none.teacher_probs(z, tau)
 
-    return {"excb B + s update": excb_b_update, "excb teacher_probs + update": excb_full,
-            "excb fused (proposal)": excb_fused, "dino-centering": centering, "sinkhorn (3 it.)": sinkhorn,
+    return {"excb B + s update": excb_full, "excb literal": excb_literal, "dino-centering": centering, "sinkhorn (3 it.)": sinkhorn,
             "softmax only (none)": softmax_only}
 
 

@@ -31,7 +31,7 @@ def count_step(s: Dict) -> Dict[str, float]:
     out = {}
     with FlopCounterMode(display=False) as fc:
         with torch.no_grad():
-            z_t = torch.cat(st.teacher(st.views[:G])).float()
+            z_t = st.teacher(st.views[:G]).flatten(0, 1).float()
     out["teacher forward"] = fc.get_total_flops()
     p_t, assign = st.balancer.teacher_probs(z_t, cfg["loss"]["teacher_temp"])
     with FlopCounterMode(display=False) as fc:

@@ -46,7 +46,7 @@ def _nonzero(p):
 def test_full_loss_no_gradient_into_teacher_but_into_centroids():
     student, teacher = _models()
     views = _views()
-    z_t = torch.cat(teacher(views[:G]))
+    z_t = teacher(views[:G]).flatten(0, 1)
     assert not z_t.requires_grad
     assert all(not p.requires_grad for p in teacher.parameters())
     assert not any(n.startswith("predictor") for n, _ in teacher.named_parameters())
