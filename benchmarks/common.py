@@ -24,6 +24,7 @@ from torch import nn
 
 from excb import ExcbError
 from excb import distributed as D
+from excb.cpu import tune_malloc
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_torch_save, atomic_write_json, package_versions, sha256_json
 
@@ -60,6 +61,8 @@ def select_device(cfg: Dict[str, Any]) -> torch.device:
     """Join torchrun's process group if launched by it; return this rank's device."""
     want = cfg.get("device", "auto")
     dev = D.init_from_env()
+    if want == "cpu" or dev.type == "cpu":
+        tune_malloc()   # feature banks and similarity blocks: reuse large blocks, no page-faulting
     if want == "cpu":
         return torch.device("cpu")
     if want == "cuda" and not torch.cuda.is_available():

@@ -84,8 +84,7 @@ class ExCBTeacher(nn.Module):
         for name, p in self.named_parameters():
             t_list.append(p.data)
             s_list.append(s_params[name].detach().data)
-        torch._foreach_mul_(t_list, m)
-        torch._foreach_add_(t_list, s_list, alpha=1.0 - m)
+        torch._foreach_lerp_(t_list, s_list, 1.0 - m)   # one pass: t + (1-m)(s - t)
 
 
 def build_models(backbone_cfg: Dict[str, Any], head_cfg: Dict[str, Any], num_clusters: int

@@ -28,6 +28,11 @@ def add_common_args(p: argparse.ArgumentParser, warmup: int = 1, repeat: int = 5
 
 
 def setup_threads(n: int) -> int:
+    """Thread count for the run; also the allocator setting the training stage uses on CPU
+    (``excb.cpu.tune_malloc``), so every candidate runs under the same allocator."""
+    from excb.cpu import tune_malloc
+
+    tune_malloc()
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()
