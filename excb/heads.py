@@ -31,6 +31,33 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str =
     return nn.Sequential(*mods)
 
 
+class _UnitRows(torch.autograd.Function):
+    """x / max(||x||, eps) per row, with the closed-form backward (g - u (u·g)) / max(||x||, eps).
+
+    Same values and gradients as ``F.normalize``, whose generic backward makes several passes
+    and broadcast reductions over the (65,536, D) centroid matrix (~10x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        n = x.norm(dim=-1, keepdim=True)
+        clamped = n.clamp_min(eps)
+        u = x / clamped
+        ctx.save_for_backward(u, clamped, n >= eps)
+        return u
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        u, n, on_sphere = ctx.saved_tensors
+        # below eps the map is x / eps (linear): no projection term
+        proj = (u * g).sum(-1, keepdim=True) * on_sphere
+        return (g - u * proj) / n, None
+
+
+def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise L2 normalisation (``F.normalize(x, dim=-1)``) with a lean backward."""
+    return _UnitRows.apply(x, eps)
+
+
 class CentroidLayer(nn.Module):
     """K learnable centroids in R^D; forward gives cosine similarities in [-1, 1]."""
 
@@ -45,7 +72,7 @@ class CentroidLayer(nn.Module):
 
     def normalized_weight(self) -> torch.Tensor:
         """Unit-norm centroids (K, D); normalise once per step and share among all views."""
-        return F.normalize(self.weight, dim=-1)
+        return unit_rows(self.weight)
 
     def forward(self, v: torch.Tensor, detach: bool = False) -> torch.Tensor:
         w = self.weight.detach() if detach else self.weight

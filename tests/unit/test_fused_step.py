@@ -167,3 +167,20 @@ def test_step_under_bf16_autocast_matches_literal_step():
     for a, b in zip(*grads):
         assert a.dtype == torch.float32
         assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.999
+
+
+def test_unit_rows_equals_f_normalize_values_and_gradients():
+    from excb.heads import unit_rows
+
+    torch.manual_seed(3)
+    x = torch.randn(40, 7, dtype=torch.float64)
+    x[3] = 0.0          # a zero row: F.normalize gives 0, gradient g / eps
+    x[4] *= 1e-13       # below eps: the linear branch
+    g = torch.randn(40, 7, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.nn.functional.normalize(a, dim=-1).backward(g)
+    out = unit_rows(b)
+    out.backward(g)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(x, dim=-1))
+    torch.testing.assert_close(b.grad, a.grad)
+    assert torch.autograd.gradcheck(unit_rows, (torch.randn(5, 4, dtype=torch.float64, requires_grad=True),))
