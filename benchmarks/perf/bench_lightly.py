@@ -9,7 +9,8 @@ DINO and ExCB do), the same batch, SGD with momentum, an EMA teacher and heads s
 lightly's ``DINOProjectionHead(512, 2048, 256, 65536, batch_norm=True)`` (3-layer MLP,
 bottleneck 256, weight-normalised 65,536-way last layer) + ``DINOLoss`` (centering), against
 ExCB's projector (512-2048-256, BN) + predictor + 65,536 centroids + Eq. 7 + ClusterBalancer,
-run through ``excb.train.train_one_epoch``. Ratio = ExCB step / lightly DINO step; target <= 1.0.
+run through ``excb.train.train_one_epoch``. Both use the fused SGD kernel and the same process-wide
+allocator setting (``excb.cpu.tune_malloc``); the EMA update is each library's own. Ratio = ExCB step / lightly DINO step; target <= 1.0.
 Skips (exit 0, with a message) when lightly is not installed.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ class LightlyDino:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.criterion = DINOLoss(output_dim=s["K"], warmup_teacher_temp_epochs=0)
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        # the same fused SGD kernel excb.train.build_optimizer uses, so the optimiser is not the difference
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, fused=True)
         self.views = make_views(s)
         self.student.train()
         self.teacher.train()
