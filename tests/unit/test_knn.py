@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from benchmarks.knn import knn_classify, knn_metrics
+from benchmarks.knn import exact_topk, knn_classify, knn_metrics
 from excb import ExcbError
 
 
@@ -92,3 +93,72 @@ def test_empty_bank_and_bad_k_are_errors():
         knn_classify(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.randn(2, 3), [1], num_classes=2)
     with pytest.raises(ExcbError, match="k must be"):
         knn_classify(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.randn(2, 3), [0], num_classes=2)
+
+
+# --- exact two-level top-k and the chunked / threaded search ------------------------------------
+
+def assert_same_topk(sim, k):
+    """Values equal torch.topk's exactly; indices are distinct and point at those values."""
+    ref_v, _ = sim.topk(k, dim=1)
+    v, i = exact_topk(sim, k)
+    assert torch.equal(v, ref_v)
+    assert torch.equal(sim.gather(1, i), v)
+    assert all(len(set(r)) == k for r in i.tolist())
+
+
+@pytest.mark.parametrize("n", [5003, 4096, 97])
+@pytest.mark.parametrize("k", [1, 20, 200, 1250])
+def test_exact_topk_matches_topk(n, k):
+    g = torch.Generator().manual_seed(n + k)
+    sim = torch.randn(37, n, generator=g)
+    assert_same_topk(sim, min(k, n))
+
+
+def test_exact_topk_with_ties_and_adversarial_groups():
+    g = torch.Generator().manual_seed(3)
+    # few distinct values: massive ties, also at the k-th group maximum
+    assert_same_topk(torch.randint(-3, 4, (20, 3001), generator=g).float(), 20)
+    assert_same_topk(torch.zeros(4, 2000), 20)
+    # all of a row's top-20 in ONE group (columns j + m * L share a group, L = n // 16)
+    n, L = 4000, 4000 // 16
+    sim = torch.rand(3, n, generator=g)
+    sim[0, 5 + L * torch.arange(16)] = 2.0 + torch.arange(16.0)
+    sim[1, :21] = 4.0                                   # 21 groups tie at the 20th group maximum
+    sim[2, torch.arange(0, n, L)] = 3.0                 # 16 equal maxima in one group
+    assert_same_topk(sim, 20)
+    sim = torch.rand(3, n + 7, generator=g)
+    sim[:, -7:] = 9.0                                   # the best ones only in the tail columns
+    assert_same_topk(sim, 20)
+
+
+def reference_votes(train_f, train_y, test_f, k, T, C):
+    """Straightforward float64 brute force: all similarities, full sort, weighted vote."""
+    sim = F.normalize(test_f.double(), dim=1) @ F.normalize(train_f.double(), dim=1).T
+    vals, idx = sim.topk(min(k, train_f.shape[0]), dim=1)
+    votes = torch.zeros(test_f.shape[0], C, dtype=torch.float64)
+    return votes.scatter_add_(1, train_y[idx], (vals / T).exp())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grouped_search_matches_float64_brute_force(threads):
+    g = torch.Generator().manual_seed(11)
+    n_train, n_test, C = 3001, 150, 12                  # 3001 columns: grouped top-k (16 per group) + tail
+    train_f = torch.randn(n_train, 24, generator=g)
+    train_y = torch.randint(0, C, (n_train,), generator=g)
+    test_f = torch.randn(n_test, 24, generator=g) * 3.0
+    ks = [1, 20, 200, 5000]                              # 5000 > bank: clamped to 3001
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = [knn_classify(train_f, train_y, test_f, ks, T=0.07, num_classes=C, chunk=c) for c in (1, 7, 64, 4096)]
+        assert torch.get_num_threads() == threads       # restored after the worker threads
+    finally:
+        torch.set_num_threads(old)
+    for k in ks:
+        for r in runs[1:]:
+            assert torch.equal(r[k], runs[0][k]), k
+        votes = reference_votes(train_f, train_y, test_f, k, 0.07, C)
+        top = votes.topk(2, dim=1).values
+        clear = (top[:, 0] - top[:, 1]) > 1e-4 * top[:, 0]   # skip exact/near ties of class scores
+        assert clear.float().mean() > 0.9
+        assert torch.equal(runs[0][k][clear, 0], votes.argmax(1)[clear]), k
