@@ -5,10 +5,12 @@
     python -m benchmarks.perf.bench_balancing --quick
 
 Candidates, each on the same (rows, K) cosine-similarity matrix:
-* ``excb B + s update``: what ExCB runs per step — ``ClusterBalancer.teacher_probs`` (Eq. 10 as
-  one multiply-add with 1/τ folded in, hard labels of Eq. 8, the sharpened softmax, in
-  cache-sized row blocks) and ``update`` (Eq. 9: counts all-reduced, EMA of s);
-* ``excb literal``: the same output with Eq. 10 evaluated branch by branch over the whole
+* ``excb B + s update``: the issue's measure — Eq. 10 applied to every row, the hard labels
+  of Eq. 8 and the s update of Eq. 9 (``ClusterBalancer.balanced_argmax`` + ``update``: one
+  multiply-add per element in cache-sized row blocks, a two-level arg-max, counts all-reduced);
+* ``excb teacher_probs + update``: the whole per-step balancer work — the above plus the
+  sharpened softmax of the targets (which every method, DINO included, pays);
+* ``excb literal``: ``teacher_probs`` with Eq. 10 evaluated branch by branch over the whole
   matrix (``benchmarks/perf/reference_step.py``), for comparison;
 * ``dino-centering`` and ``sinkhorn`` (3 iterations) through the same balancer interface;
 * ``softmax only`` (the ``none`` balancer): the floor shared by all of them.
@@ -40,6 +42,9 @@ def balancing_candidates(rows: int, K: int, seed: int = 0) -> Dict[str, Callable
     sk = create_balancer("sinkhorn", K)
     none = create_balancer("none", K)
 
+    def excb_b_update():
+        excb.update(z, excb.balanced_argmax(z))
+
     def excb_full():
         p, a = excb.teacher_probs(z, tau)
         excb.update(z, a)
@@ -59,7 +64,7 @@ def balancing_candidates(rows: int, K: int, seed: int = 0) -> Dict[str, Callable
     def softmax_only():
         none.teacher_probs(z, tau)
 
-    return {"excb B + s update": excb_full, "excb literal": excb_literal, "dino-centering": centering, "sinkhorn (3 it.)": sinkhorn,
+    return {"excb B + s update": excb_b_update, "excb teacher_probs + update": excb_full, "excb literal": excb_literal, "dino-centering": centering, "sinkhorn (3 it.)": sinkhorn,
             "softmax only (none)": softmax_only}
 
 

@@ -184,3 +184,28 @@ def test_unit_rows_equals_f_normalize_values_and_gradients():
     torch.testing.assert_close(out, torch.nn.functional.normalize(x, dim=-1))
     torch.testing.assert_close(b.grad, a.grad)
     assert torch.autograd.gradcheck(unit_rows, (torch.randn(5, 4, dtype=torch.float64, requires_grad=True),))
+
+
+@pytest.mark.parametrize("K", [1024, 4096, 1000])
+def test_row_argmax_equals_torch_argmax_including_ties(K):
+    from excb.balancing import row_argmax
+
+    torch.manual_seed(K)
+    x = torch.randint(0, 5, (64, K)).float()          # many ties: first maximum must win
+    x[0] = 1.0                                         # the whole row tied
+    x[1, -1] = 10.0                                    # maximum in the last column
+    x[2, 127] = x[2, 128] = 10.0                       # tie across a group boundary
+    x[3] = -torch.arange(K, dtype=torch.float32)       # maximum at column 0
+    assert torch.equal(row_argmax(x), x.argmax(dim=-1))
+    y = torch.randn(7, K)
+    assert torch.equal(row_argmax(y), y.argmax(dim=-1))
+
+
+@pytest.mark.parametrize("update", ["after", "before"])
+def test_balanced_argmax_equals_argmax_of_operator(update, blocks):
+    K = 1024
+    bal = create_balancer("excb", K, update=update)
+    torch.manual_seed(2)
+    bal.s.copy_(torch.softmax(torch.randn(K) * 2, 0))
+    z = torch.rand(37, K) * 2 - 1
+    assert torch.equal(bal.balanced_argmax(z), balance_operator(z, bal.s).argmax(-1))
