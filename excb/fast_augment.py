@@ -127,25 +127,34 @@ def separable_blur(x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (_GRAY[0] * x[0] + _GRAY[1] * x[1] + _GRAY[2] * x[2]).unsqueeze(0)
+    """ITU-R 601 luma as torchvision's rgb_to_grayscale, (1, H, W): one (1, 3) x (3, H*W) product."""
+    w = torch.tensor(_GRAY, dtype=x.dtype).view(1, 3)
+    return torch.mm(w, x.reshape(3, -1)).view(1, *x.shape[1:])
+
+
+_HUE_CHANNEL_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
 
 
 def adjust_hue(x: torch.Tensor, h: float) -> torch.Tensor:
-    """Exact HSV hue rotation by ``h`` (fraction of a turn, in [-0.5, 0.5]) of a float RGB image in [0, 1]."""
+    """Exact HSV hue rotation by ``h`` (fraction of a turn, in [-0.5, 0.5]) of a float RGB image in [0, 1].
+
+    V (max) and chroma C = max - min are unchanged by a hue rotation, so only the hue is
+    computed: in sixths of a turn, the sector of the max channel (r: 0, g: 2, b: 4, ties in
+    that order as torchvision's rgb_to_hsv) plus the signed position inside it. Channel n of
+    the result is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + hue6) mod 6 (n = 5, 3, 1
+    for r, g, b). Grey pixels (C = 0) come out as V whatever their hue, so they need no mask.
+    """
     r, g, b = x[0], x[1], x[2]
-    v, _ = x.max(dim=0)
-    c = v - x.min(dim=0).values
-    safe_c = torch.where(c > 0, c, torch.ones_like(c))
-    hr = ((g - b) / safe_c) % 6.0
-    hg = (b - r) / safe_c + 2.0
-    hb = (r - g) / safe_c + 4.0
-    hue6 = torch.where(v == r, hr, torch.where(v == g, hg, hb))
-    hue6 = torch.where(c > 0, hue6, torch.zeros_like(hue6))
-    hue6 = (hue6 + 6.0 * h) % 6.0
-    # RGB from (H, S, V) with V*S = chroma: channel n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6H) mod 6
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype).view(3, 1, 1)
-    kk = (n + hue6.unsqueeze(0)) % 6.0
-    return v.unsqueeze(0) - c.unsqueeze(0) * torch.clamp(torch.minimum(kk, 4.0 - kk), 0.0, 1.0)
+    v = x.amax(dim=0)
+    c = v - x.amin(dim=0)
+    is_r = v == r
+    is_g = (v == g) & ~is_r
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    sector = 4.0 - 4.0 * is_r.to(x.dtype) - 2.0 * is_g.to(x.dtype)
+    hue6 = num.div_(c.clamp_min(torch.finfo(x.dtype).tiny)).add_(sector).add_(6.0 * h)
+    kk = torch.remainder(_HUE_CHANNEL_OFFSETS.to(x.dtype) + hue6.unsqueeze(0), 6.0)
+    t = torch.minimum(kk, 4.0 - kk).clamp_(0.0, 1.0)
+    return v.unsqueeze(0) - c.unsqueeze(0) * t
 
 
 def color_jitter(x: torch.Tensor, strength: Sequence[float]) -> torch.Tensor:

@@ -59,8 +59,13 @@ def test_fast_blur_and_hue_equal_torchvision():
 
     torch.manual_seed(0)
     x = torch.rand(3, 24, 30)
+    q = (x * 255).round() / 255       # 8-bit values: exact ties between channels
+    q[:, :3] = 0.5                     # grey pixels (chroma 0)
+    q[0, 3:6] = q[1, 3:6]              # max shared by r and g
+    q[1, 6:9] = q[2, 6:9]              # max shared by g and b
     for h in (-0.5, -0.1, 0.0, 0.07, 0.5):
         assert torch.allclose(adjust_hue(x, h), F2.adjust_hue(x, h), atol=1e-5)
+        assert torch.allclose(adjust_hue(q, h), F2.adjust_hue(q, h), atol=1e-5)
     for k, s in ((3, 0.5), (9, 2.0), (23, 1.3)):
         assert torch.allclose(separable_blur(x, k, s), F2.gaussian_blur(x, [k, k], [s, s]), atol=1e-5)
 
