@@ -115,15 +115,29 @@ def _blur_matrix(n: int, k: int, sigma: float, dtype: torch.dtype = torch.float3
     return torch.zeros(n, n, dtype=dtype).scatter_add_(1, idx, w.expand(n, k).contiguous())
 
 
+def _banded_matmul_cols(x: torch.Tensor, mt: torch.Tensor, half: int, block: int) -> torch.Tensor:
+    """x @ mt for a banded (n, n) ``mt`` (half-width ``half``), one column block at a time:
+    output columns [o, o+block) only read input columns [o-half, o+block+half)."""
+    n = x.shape[-1]
+    out = torch.empty_like(x)
+    for o in range(0, n, block):
+        lo, hi = max(0, o - half), min(n, o + block + half)
+        torch.matmul(x[..., lo:hi], mt[lo:hi, o:o + block], out=out[..., o:o + block])
+    return out
+
+
 def separable_blur(x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
     """Gaussian blur of a float (C, H, W) image with reflect padding (torchvision's GaussianBlur).
 
-    The two 1-D passes are matrix products with banded blur matrices: on CPU a GEMM beats
-    a depthwise convolution with a 23-tap kernel by 1.5-2x (k^2 -> 2k taps already saved)."""
+    The two 1-D passes are products with banded blur matrices (a depthwise 23-tap convolution
+    is 2-3x slower on CPU), taken in column blocks of ~56 so the zeros outside the band are
+    mostly skipped (1.5x over one dense product at 224 px)."""
     _, H, W = x.shape
     mw = _blur_matrix(W, k, sigma, x.dtype)
     mh = mw if H == W else _blur_matrix(H, k, sigma, x.dtype)
-    return torch.matmul(mh, torch.matmul(x, mw.t()))
+    half = k // 2
+    y = _banded_matmul_cols(x, mw.t(), half, max(half + 1, 56))                    # along W
+    return _banded_matmul_cols(y.transpose(1, 2), mh.t(), half, max(half + 1, 56)).transpose(1, 2).contiguous()
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,9 @@ def test_fast_blur_and_hue_equal_torchvision():
         assert torch.allclose(adjust_hue(q, h), F2.adjust_hue(q, h), atol=1e-5)
     for k, s in ((3, 0.5), (9, 2.0), (23, 1.3)):
         assert torch.allclose(separable_blur(x, k, s), F2.gaussian_blur(x, [k, k], [s, s]), atol=1e-5)
+    big = torch.rand(3, 130, 201)      # several column blocks of the banded products, H != W
+    for k, s in ((9, 0.7), (23, 2.0)):
+        assert torch.allclose(separable_blur(big, k, s), F2.gaussian_blur(big, [k, k], [s, s]), atol=1e-5)
 
 
 def _jpeg_bytes(w=120, h=90):
