@@ -63,9 +63,9 @@ def sharpen(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, assign_raw: bool 
     assign = torch.empty(rows, dtype=torch.long, device=z.device)
     step = _row_step(z)
     for r0 in range(0, rows, step):
-        blk = p[r0:r0 + step]
-        torch.addcmul(b, z[r0:r0 + step].float(), a, out=blk)
-        assign[r0:r0 + step] = row_argmax(z[r0:r0 + step].float() if assign_raw else blk)
+        blk, zb = p[r0:r0 + step], z[r0:r0 + step].float()
+        torch.addcmul(b, zb, a, out=blk)
+        assign[r0:r0 + step] = row_argmax(zb if assign_raw else blk)
         blk.copy_(torch.softmax(blk, dim=-1))
     return p, assign
 
