@@ -7,6 +7,7 @@
     excb-bench knn --checkpoint runs/demo/pretrain/checkpoint.pth --config configs/eval/demo_knn.yaml
     excb-bench eval --checkpoint dino_resnet50_pretrain.pth --format auto --stages knn,linear
     excb-bench leaderboard --runs runs/demo
+    excb-bench export --checkpoint runs/own/checkpoint.pth --to torchvision --out resnet50_excb.pth
 
 Errors are one line (file/key/value and a hint); ``--debug`` shows the traceback.
 """
@@ -105,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="pipeline YAML whose stage sections are used (default: the demo pipeline)")
     p.add_argument("--output-dir", "-o", help="run directory (default: the pipeline's output_dir)")
     p.add_argument("overrides", nargs="*", help="stage overrides, e.g. knn.k=[20]")
+    _add_common(p)
+
+    from excb.export import add_arguments as add_export_arguments
+
+    p = sub.add_parser("export", help="write a backbone as a plain torchvision/timm state dict (+ key-map JSON)",
+                       description="Export the backbone of a checkpoint so torchvision.models.resnet50() or "
+                                   "timm.create_model(...) loads it with strict=True; see excb/export.py.")
+    add_export_arguments(p)
     _add_common(p)
 
     p = sub.add_parser("formats", help="list the checkpoint formats `--format` accepts")
@@ -267,6 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_eval(args)
         if args.command == "formats":
             return cmd_formats(args)
+        if args.command == "export":
+            from excb.export import main as export_main
+
+            return export_main(args)
         if args.command == "study":
             return cmd_study(args)
         return cmd_stage(args.command, args)
