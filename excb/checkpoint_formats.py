@@ -275,6 +275,18 @@ class _MocoV3:
                                "'state_dict' 'module.base_encoder.*'")
 
 
+@register_format("simsiam", "SimSiam: state_dict with module.encoder.* (projector fc.* and predictor dropped)")
+class _SimSiam:
+    @staticmethod
+    def detect(obj: Any) -> bool:
+        return _under_state_dict(obj, ("module.encoder.", "encoder."))
+
+    @staticmethod
+    def to_backbone_state(obj: Any, which: str):
+        sd = _unwrap_module(_get_dict(obj, "state_dict"))
+        return None, _nonempty(_drop(_strip(sd, "encoder."), "fc."), "'state_dict' 'module.encoder.*'")
+
+
 def _vissl_trunk(obj: Any) -> Dict[str, Any]:
     try:
         trunk = obj["classy_state_dict"]["base_model"]["model"]["trunk"]

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("formats", help="list the checkpoint formats `--format` accepts")
     _add_common(p)
 
+    from excb_bench.zoo_cli import add_parser as add_zoo_parser
+
+    add_zoo_parser(sub)
+
     p = sub.add_parser("study", help="the small-batch balancing study (balancer x batch grid)",
                        description="Train with each balancer at each batch size on the same data and budget; report "
                                    "k-NN top-1 and cluster usage.")
@@ -282,6 +286,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return export_main(args)
         if args.command == "study":
             return cmd_study(args)
+        if args.command == "zoo":
+            from excb_bench.zoo_cli import cmd_zoo
+
+            return cmd_zoo(args)
         return cmd_stage(args.command, args)
     except ExcbError as e:
         if args.debug:

@@ -24,7 +24,7 @@ from excb.io import sha256_file
 
 torch.set_num_threads(1)
 
-ALL_FORMATS = ["excb-bench", "excb-official", "dino", "mocov2", "mocov3", "vissl", "solo-learn", "swav",
+ALL_FORMATS = ["excb-bench", "excb-official", "dino", "mocov2", "mocov3", "simsiam", "vissl", "solo-learn", "swav",
                "torchvision", "timm"]
 
 
