@@ -8,6 +8,8 @@ Inputs, relative to the run directory (config keys under ``paths``)::
                                        "purity"?, "lr", "momentum", "images_per_s"}
     pretrain/final_cluster_counts.npy  int64 hard-assignment count per cluster (one pass over train)
     pretrain/checkpoint.pth            backbone for the t-SNE (via excb.checkpoint_formats)
+    pretrain/log.jsonl (kind monitor)  online k-NN top-1 per epoch and its random-init value
+                                       (excb/monitor.py, pretraining's monitor.knn_every)
 
 A figure whose input is missing is skipped with the reason recorded in results.json
 (``skipped``), never a crash. PNGs are written atomically.
@@ -29,7 +31,7 @@ from excb.config import resolve_config
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_write_bytes, atomic_write_json, package_versions, read_json, read_jsonl
 
-FIGURES = ("training_stats", "cluster_sizes", "tsne")
+FIGURES = ("training_stats", "cluster_sizes", "tsne", "online_knn")
 
 DEFAULTS: Dict[str, Any] = {
     "data": dict(DATA_DEFAULTS),     # t-SNE data; replaced by the pretraining data when data_from_pretrain
@@ -181,6 +183,22 @@ def plot_training_stats(records: Sequence[Dict[str, Any]], path: Path, dpi: int 
     _, ips = _series(records, "images_per_s")
     sub = f" — mean throughput {ips.mean():.0f} images/s" if len(ips) else ""
     fig.suptitle(f"Training statistics over {len(records)} epoch(s){sub}")
+    fig.tight_layout()
+    return save_png(fig, path, dpi)
+
+
+def plot_online_knn(curve: Dict[str, Any], path: Path, dpi: int = 120) -> Path:
+    """The online k-NN top-1 over epochs beside the random-init value of the same subset."""
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve["epochs"], curve["top1"], marker="o", markersize=3, color="tab:blue", label="teacher backbone")
+    if curve["random_init"] is not None:
+        ax.axhline(curve["random_init"], color="gray", linestyle="--", linewidth=1, label="random init")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("20-NN top-1 (%)")
+    ax.set_title("Online k-NN during pretraining (fixed labelled subset)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return save_png(fig, path, dpi)
 
@@ -393,6 +411,16 @@ def make_figures(run: Path, out_dir: Path, cfg: Dict[str, Any], features: Option
                 metrics["tsne_samples"] = int(min(len(features), t["max_samples"] or len(features)))
             except ExcbError as e:
                 skipped["tsne"] = str(e)
+    if "online_knn" in want:
+        from excb.monitor import knn_curve
+
+        log = run / cfg["paths"]["log"]
+        curve = knn_curve(read_jsonl(log)) if log.is_file() else {"epochs": []}
+        if not curve["epochs"]:
+            skipped["online_knn"] = f"{log}: no online k-NN records (pretraining's monitor.knn_every was 0)"
+        else:
+            paths.append(str(plot_online_knn(curve, out_dir / "online_knn.png", dpi)))
+            metrics["online_knn"] = {"last_top1": curve["top1"][-1], "random_init": curve["random_init"]}
     return paths, skipped, metrics
 
 

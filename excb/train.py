@@ -32,6 +32,7 @@ from excb.data import DATA_DEFAULTS, build_dataset
 from excb.io import JsonlLogger, atomic_write, atomic_write_json, package_versions
 from excb.loss import excb_loss
 from excb.model import HEAD_DEFAULTS, ExCBStudent, ExCBTeacher, build_models
+from excb.monitor import MONITOR_DEFAULTS, Monitor, validate_monitor
 from excb.schedules import cosine_schedule
 
 PRETRAIN_DEFAULTS: Dict[str, Any] = {
@@ -63,6 +64,7 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "tensorboard": False,
     "final_pass": True,                # App. A: cluster sizes from one inference pass over train
     "stop_after_epoch": 0,             # >0: stop after this epoch (tests, staged runs)
+    "monitor": dict(MONITOR_DEFAULTS),  # online k-NN + collapse alarms (excb/monitor.py)
     "debug": {"inject_nan_at_step": -1},
 }
 
@@ -233,6 +235,8 @@ class EpochStats:
             "cluster_size_min": float(rel.min()),
             "cluster_size_max": float(rel.max()),
             "clusters_used": float((counts > 0).double().mean()),
+            # agreement of two independent draws from these cluster sizes (the alarms' reference)
+            "agreement_chance": float(((counts / counts.sum().clamp_min(1)) ** 2).sum()),
         }
         if self.assign1:
             a = D.all_gather_cat(torch.cat(self.assign1)).cpu().numpy()
@@ -346,6 +350,7 @@ def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
     if backend not in MULTICROP_BACKENDS:
         raise ExcbError(f"{source}: key 'augment.backend' must be one of {', '.join(map(repr, MULTICROP_BACKENDS))}, "
                         f"got {backend!r}")
+    validate_monitor(cfg["monitor"], source)
 
 
 def _seed_all(seed: int) -> None:
@@ -419,6 +424,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         if obj.get("config", {}).get("backbone") != cfg["backbone"] or obj["config"]["centroids"]["K"] != K:
             raise ExcbError(f"checkpoint was made with another backbone/K than the config asks for")
 
+    monitor_state = None
     found = find_resumable(run_dir, check=_check, log=lambda m: rank == 0 and print(f"[excb] {m}"))
     if found is not None:
         path, ck = found
@@ -429,13 +435,20 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
+        monitor_state = ck.get("monitor")
         if rank == 0:
             print(f"[excb] resuming from {path} (epoch {start_epoch}/{cfg['epochs']})")
             logger.log({"kind": "resume", "epoch": start_epoch, "checkpoint": str(path)})
         del ck
 
     tb = _tensorboard(run_dir, cfg) if rank == 0 else None
-    stopped_early = False
+    rows = cfg["batch_size"] * cfg["augment"]["n_global"]
+    monitor = Monitor(cfg, rows_per_epoch=rows * sampler.steps, rows_per_step=rows, log=logger.log,
+                      say=lambda m: rank == 0 and print(m, flush=True))
+    monitor.load_state_dict(monitor_state)
+    if start_epoch == 0:
+        monitor.start(teacher.backbone, device)   # the random-init k-NN reference
+    stopped_early = collapsed = False
     for epoch in range(start_epoch, cfg["epochs"]):
         sampler.set_epoch(epoch)
         torch.manual_seed(cfg["seed"] * 1_000_003 + epoch)  # drop-path etc.: a function of the epoch
@@ -443,6 +456,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         teacher.train()
         ep = train_one_epoch(student, student_ddp, teacher, balancer, optimizer, scaler, loader, schedules,
                              epoch, cfg, device, logger, progress=rank == 0)
+        collapsed = monitor.end_of_epoch(epoch + 1, teacher.backbone, ep, device, last=epoch + 1 == cfg["epochs"])
         ep["epoch"] = epoch + 1
         history.append(ep)
         if rank == 0:
@@ -451,7 +465,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                                   "kwargs": {k: v for k, v in cfg["backbone"].items() if k != "name"}},
                      "student": student.state_dict(), "teacher": teacher.state_dict(),
                      "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history}
+                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
+                     "monitor": monitor.state_dict()}
             snap = f"checkpoint_epoch{epoch + 1:04d}.pth" if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0 else None
             save_training_checkpoint(run_dir, state, snapshot_name=snap)
             logger.log({"kind": "epoch", **ep})
@@ -460,8 +475,11 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                     tb.add_scalar(f"pretrain/{k}", v, epoch + 1)
             print(f"[excb] epoch {epoch + 1}/{cfg['epochs']}  " + "  ".join(
                 f"{k}={v:.4g}" for k, v in ep.items() if k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max",
-                                                               "agreement", "purity", "images_per_s")))
+                                                               "agreement", "purity", "knn_top1", "images_per_s")))
         D.barrier()
+        if collapsed and epoch + 1 < cfg["epochs"]:
+            stopped_early = True
+            break
         if cfg["stop_after_epoch"] and epoch + 1 >= cfg["stop_after_epoch"] and epoch + 1 < cfg["epochs"]:
             stopped_early = True
             break
@@ -478,15 +496,16 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     last = history[-1] if history else {}
     results = {
         "stage": "pretrain",
-        "status": "stopped" if stopped_early else "complete",
+        "status": ("collapsed" if collapsed else "stopped") if stopped_early else "complete",
         "metrics": {**{k: last.get(k) for k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max", "agreement",
-                                               "purity", "clusters_used")}, **final,
+                                               "purity", "clusters_used", "knn_top1", "knn_random_init")}, **final,
                     "epochs_done": len(history) and history[-1]["epoch"]},
         "protocol": cfg,
         "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None,
                  "skipped_files": len(getattr(base, "skipped", []))},
         "checkpoint": {"path": str(run_dir / "checkpoint.pth"), "format": FORMAT_TAG},
         "seed": cfg["seed"], "world_size": world, "wall_s": time.time() - t_start, "versions": package_versions(),
+        "alarms": monitor.state["alarms"],
     }
     if rank == 0:
         atomic_write_json(run_dir / "results.json", results)

@@ -232,8 +232,9 @@ def file_sha256(path: str | Path) -> str:
 
 def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """What a stage's result depends on; its hash decides whether the stage reruns."""
-    # debug.* (fault injection) does not change what a finished stage means
-    hashed = {k: v for k, v in scfg.items() if k != "debug"}
+    # debug.* (fault injection) and monitor.* (online k-NN, alarms: never touch the weights) do not
+    # change what a finished stage means
+    hashed = {k: v for k, v in scfg.items() if k not in ("debug", "monitor")}
     inputs: Dict[str, Any] = {"config": sha256_json(hashed)}
     ck = scfg.get("checkpoint")
     if ck and Path(ck).exists():
@@ -294,6 +295,10 @@ def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequ
         for name in cfg["stages"]:
             if only and name not in only:
                 continue
+            if statuses.get("pretrain") == "collapsed" and get_stage(name).uses_checkpoint:
+                _say(f"{name}: not run — pretraining stopped on a collapse alarm (see pretrain/log.jsonl)")
+                statuses[name] = "blocked"
+                continue
             statuses[name] = _run_one(name, cfg[name], run_dir, manifest, pretrain_cfg, name in forced)
         return statuses
     finally:
@@ -324,7 +329,7 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
             os.replace(sdir, prev)
         D.barrier()
         _say(f"{name}: inputs changed or forced; previous outputs moved to {sdir.name}.prev")
-    resumed = entry.get("status") in ("running", "failed") and entry.get("input_hash") == h
+    resumed = entry.get("status") in ("running", "failed", "collapsed") and entry.get("input_hash") == h
     _say(f"{name}: {'resuming' if resumed else 'running'} — {stage.summary}")
     manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,
                     git_commit=git_commit(), versions=package_versions(), reason=None)
@@ -347,6 +352,10 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     if isinstance(res, dict) and res.get("status") == "stopped":
         manifest.update(name, status="running", end=None)
         return "stopped"
+    if isinstance(res, dict) and res.get("status") == "collapsed":   # monitor.stop_on_collapse
+        alarm = next((a for a in reversed(res.get("alarms", [])) if a.get("severity") == "collapse"), {})
+        manifest.update(name, status="collapsed", end=time.time(), reason=alarm.get("symptom"))
+        return "collapsed"
     outputs = sorted(str(p.relative_to(run_dir)) for p in sdir.rglob("*") if p.is_file())
     manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - t0, outputs=outputs[:200])
     return "complete"

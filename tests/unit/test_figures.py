@@ -60,6 +60,10 @@ def test_epoch_records_dedup_and_filter(tmp_path: Path):
 def test_all_figures_from_synthetic_inputs(tmp_path: Path):
     run = tmp_path / "run"
     _write_log(run / "pretrain" / "log.jsonl", epochs=6, purity=True)
+    with open(run / "pretrain" / "log.jsonl", "a") as f:   # the online k-NN monitor's records
+        f.write("\n")                                         # after _write_log's torn last line
+        for ep, top1 in ((0, 40.0), (3, 45.5), (6, 52.0)):
+            f.write(json.dumps({"kind": "monitor", "epoch": ep, "knn_top1": top1, "knn_random_init": 40.0}) + "\n")
     counts = np.zeros(64, dtype=np.int64)
     counts[:48] = np.arange(1, 49)                               # 16 empty clusters of 64
     np.save(run / "pretrain" / "final_cluster_counts.npy", counts)
@@ -70,7 +74,8 @@ def test_all_figures_from_synthetic_inputs(tmp_path: Path):
                 class_names=["a", "b", "c", "d"])
     assert res["skipped"] == {}
     names = [Path(p).name for p in res["figures"]]
-    assert names == ["training_stats.png", "cluster_sizes.png", "tsne.png"]
+    assert names == ["training_stats.png", "cluster_sizes.png", "tsne.png", "online_knn.png"]
+    assert res["metrics"]["online_knn"] == {"last_top1": 52.0, "random_init": 40.0}
     assert all(_is_png(Path(p)) for p in res["figures"])
     st = res["metrics"]["cluster_sizes"]
     assert st["empty_fraction"] == pytest.approx(16 / 64)
@@ -90,6 +95,7 @@ def test_missing_inputs_are_skipped_with_reasons(tmp_path: Path):
     assert "no records with kind 'epoch'" in res["skipped"]["training_stats"]
     assert "final_cluster_counts.npy not found" in res["skipped"]["cluster_sizes"]
     assert "checkpoint.pth not found" in res["skipped"]["tsne"]
+    assert "no online k-NN records" in res["skipped"]["online_knn"]
     np.save(run / "pretrain" / "final_cluster_counts.npy", np.zeros(5, dtype=np.int64))
     res = F.run({"figures": ["cluster_sizes"]}, run / "figures")
     assert "all zero" in res["skipped"]["cluster_sizes"] and list(res["skipped"]) == ["cluster_sizes"]
