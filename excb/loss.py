@@ -1,4 +1,4 @@
-"""The ExCB loss, Eq. 7, with Algorithm 1's normalisation and the cross-entropy's minus sign.
+"""The ExCB loss, Eq. 7, with Algorithm 1's normalisation (default) and the cross-entropy's minus sign.
 
     L = 1/2 * sum_{v in G} sum_{w in G+L, w != v} H(p_t(v), p_s^h(w)) / (G+L-1)
       + 1/2 * sum_{v in G} sum_{w in G+L}         H(p_t(v), p_s^g(w)) / (G+L)
@@ -18,7 +18,7 @@ in row blocks small enough to stay in cache, with a hand-written backward
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -91,46 +91,92 @@ class _MultiTargetSoftCE(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def excb_loss(p_t: Views, z_h: Views, z_g: Views, student_temp: float = 0.1, pairs: str = "eq7"
-              ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Eq. 7. ``p_t``: G teacher distributions; ``z_h``/``z_g``: G+L student similarities.
+def _algorithm1(sum_h, n_h_per_view, sum_g, V, n_pairs):
+    """Algorithm 1: 1/2 (projector pairs, averaged per teacher view) + 1/2 (predictor pairs, same).
+    With G = 2 the pair weights sum to 2; without a predictor the projector term alone (weight 1)."""
+    loss_h = sum_h / n_h_per_view
+    return loss_h if sum_g is None else 0.5 * loss_h + 0.5 * (sum_g / V)
+
+
+def _pair_mean(sum_h, n_h_per_view, sum_g, V, n_pairs):
+    """The released code (engine/criterion.py): sum over all matched pairs / number of pairs, weights sum to 1."""
+    return (sum_h if sum_g is None else sum_h + sum_g) / n_pairs
+
+
+# loss.normalization -> how the summed pair cross-entropies become the loss
+LOSS_NORMALIZATIONS = {"algorithm1": _algorithm1, "pair-mean": _pair_mean}
+LOSS_PAIRS = ("eq7", "official-code")
+
+
+def check_loss_options(pairs: str, normalization: str) -> None:
+    from excb import ExcbError
+
+    if pairs not in LOSS_PAIRS:
+        raise ExcbError(f"loss.pairs: unknown value {pairs!r}; use one of {', '.join(map(repr, LOSS_PAIRS))}")
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ExcbError(f"loss.normalization: unknown value {normalization!r}; use one of "
+                        f"{', '.join(map(repr, LOSS_NORMALIZATIONS))}")
+
+
+def _pair_counts(G: int, V: int, pairs: str, predictor: bool) -> Tuple[int, int]:
+    """(projector pairs per teacher view, total pairs)."""
+    n_h = max(G - 1, 1) if pairs == "official-code" else V - 1
+    return n_h, G * n_h + (G * V if predictor else 0)
+
+
+def excb_loss(p_t: Views, z_h: Views, z_g: Optional[Views], student_temp: float = 0.1, pairs: str = "eq7",
+              normalization: str = "algorithm1") -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Eq. 7. ``p_t``: G teacher distributions; ``z_h``/``z_g``: G+L student similarities
+    (``z_g`` None: no predictor, the projector term alone).
 
     Each argument is a list of (B, K) tensors or one (V, B, K) tensor (globals first).
     ``pairs="eq7"`` (default) follows Eq. 7. ``pairs="official-code"`` follows the released
     code: each teacher view is matched with the projector output of the other global views
     only, and the predictor outputs of all views (the locals' projector outputs are unused).
+    ``normalization="algorithm1"`` (default) weighs the two terms 1/2 each and averages each
+    teacher view's pairs (pair weights sum to G = 2); ``"pair-mean"`` is the released code's
+    equal-weight mean over all matched pairs (weights sum to 1: half the gradient at the same lr).
     """
-    Zh, Zg = _as_views(z_h), _as_views(z_g)
+    check_loss_options(pairs, normalization)
+    Zh = _as_views(z_h)
+    Zg = None if z_g is None else _as_views(z_g)
     P = _as_views(p_t).detach().to(torch.promote_types(Zh.dtype, torch.float32))   # fp32 under AMP
     G, V, B = P.shape[0], Zh.shape[0], Zh.shape[1]
     P_sum = P.sum(0)
     inv_t = 1.0 / student_temp
-    if pairs == "official-code":
-        loss_h = _MultiTargetSoftCE.apply(Zh[:G], P, P_sum, inv_t, True) / (B * max(G - 1, 1))
-    else:
-        loss_h = _MultiTargetSoftCE.apply(Zh, P, P_sum, inv_t, True) / (B * (V - 1))
-    loss_g = _MultiTargetSoftCE.apply(Zg, P, P_sum, inv_t, False) / (B * V)
-    loss = 0.5 * loss_h + 0.5 * loss_g
-    return loss, {"loss_h": float(loss_h.detach()), "loss_g": float(loss_g.detach())}
+    n_h, n_pairs = _pair_counts(G, V, pairs, Zg is not None)
+    rows_h = Zh[:G] if pairs == "official-code" else Zh
+    sum_h = _MultiTargetSoftCE.apply(rows_h, P, P_sum, inv_t, True) / B
+    sum_g = None if Zg is None else _MultiTargetSoftCE.apply(Zg, P, P_sum, inv_t, False) / B
+    loss = LOSS_NORMALIZATIONS[normalization](sum_h, n_h, sum_g, V, n_pairs)
+    parts = {"loss_h": float(sum_h.detach()) / n_h}
+    if sum_g is not None:
+        parts["loss_g"] = float(sum_g.detach()) / V
+    return loss, parts
 
 
-def excb_loss_reference(p_t: Views, z_h: Views, z_g: Views, student_temp: float = 0.1, pairs: str = "eq7"
-                        ) -> Tuple[torch.Tensor, Dict[str, float]]:
+def excb_loss_reference(p_t: Views, z_h: Views, z_g: Optional[Views], student_temp: float = 0.1, pairs: str = "eq7",
+                        normalization: str = "algorithm1") -> Tuple[torch.Tensor, Dict[str, float]]:
     """Eq. 7 written out pair by pair (slow; the definition ``excb_loss`` is tested against)."""
-    p_t, z_h, z_g = list(p_t), list(z_h), list(z_g)
+    check_loss_options(pairs, normalization)
+    p_t, z_h = list(p_t), list(z_h)
+    z_g = None if z_g is None else list(z_g)
     G, V = len(p_t), len(z_h)
     log_h = [F.log_softmax(z.float() / student_temp, dim=-1) for z in z_h]
-    log_g = [F.log_softmax(z.float() / student_temp, dim=-1) for z in z_g]
-    loss_h = z_h[0].new_zeros((), dtype=torch.float32)
-    loss_g = z_h[0].new_zeros((), dtype=torch.float32)
+    log_g = None if z_g is None else [F.log_softmax(z.float() / student_temp, dim=-1) for z in z_g]
+    sum_h = z_h[0].new_zeros((), dtype=torch.float32)
+    sum_g = None if z_g is None else z_h[0].new_zeros((), dtype=torch.float32)
     h_targets = range(G) if pairs == "official-code" else range(V)
     for v in range(G):
         for w in h_targets:
             if w != v:
-                loss_h = loss_h + cross_entropy(p_t[v], log_h[w])
-        for w in range(V):
-            loss_g = loss_g + cross_entropy(p_t[v], log_g[w])
-    loss_h = loss_h / (max(G - 1, 1) if pairs == "official-code" else (V - 1))
-    loss_g = loss_g / V
-    loss = 0.5 * loss_h + 0.5 * loss_g
-    return loss, {"loss_h": float(loss_h.detach()), "loss_g": float(loss_g.detach())}
+                sum_h = sum_h + cross_entropy(p_t[v], log_h[w])
+        if log_g is not None:
+            for w in range(V):
+                sum_g = sum_g + cross_entropy(p_t[v], log_g[w])
+    n_h, n_pairs = _pair_counts(G, V, pairs, z_g is not None)
+    loss = LOSS_NORMALIZATIONS[normalization](sum_h, n_h, sum_g, V, n_pairs)
+    parts = {"loss_h": float(sum_h.detach()) / n_h}
+    if sum_g is not None:
+        parts["loss_g"] = float(sum_g.detach()) / V
+    return loss, parts

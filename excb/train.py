@@ -30,7 +30,7 @@ from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
 from excb.config import require_positive
 from excb.data import DATA_DEFAULTS, build_dataset
 from excb.io import JsonlLogger, atomic_write, atomic_write_json, package_versions
-from excb.loss import excb_loss
+from excb.loss import check_loss_options, excb_loss
 from excb.model import HEAD_DEFAULTS, ExCBStudent, ExCBTeacher, build_models
 from excb.monitor import MONITOR_DEFAULTS, Monitor, validate_monitor
 from excb.schedules import cosine_schedule
@@ -45,7 +45,9 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "centroids": {"K": 65536, "weight_decay": 1e-3, "weight_decay_end": 1e-4, "local_stop_grad": True},
     "balancer": {"name": "excb", "momentum": 0.999, "variant": "linear", "assign_from": "balanced",
                  "update": "after", "center_momentum": 0.9, "sinkhorn_iters": 3, "sinkhorn_eps": 0.05},
-    "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7"},
+    # normalization: "algorithm1" (pair weights sum to 2) | "pair-mean" (released code, sum 1: at the
+    # same lr, half the step of Algorithm 1)
+    "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7", "normalization": "algorithm1"},
     "augment": dict(AUGMENT_DEFAULTS),
     "optim": {"name": "sgd", "lr": 0.15, "lr_batch_scaling": True, "momentum": 0.9, "weight_decay": 1e-4,
               "weight_decay_end": 1e-4, "warmup_epochs": 10, "min_lr": 0.0, "clip_grad": 0.0,
@@ -291,7 +293,8 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
             p_t, assign = balancer.teacher_probs(z_t, tau_t)
             # 3. student on all views; Eq. 7
             z_h, z_g = student_ddp(views, G, cfg["centroids"]["local_stop_grad"])   # (V, B, K) each
-            loss, parts = excb_loss(p_t.view(G, -1, p_t.shape[-1]), z_h, z_g, tau_s, cfg["loss"]["pairs"])
+            loss, parts = excb_loss(p_t.view(G, -1, p_t.shape[-1]), z_h, z_g, tau_s, cfg["loss"]["pairs"],
+                                    cfg["loss"]["normalization"])
         if it == cfg["debug"]["inject_nan_at_step"]:
             loss = loss * float("nan")
 
@@ -346,6 +349,10 @@ def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
         raise ExcbError(f"{source}: key 'augment.n_global' must be >= 2 (the loss pairs distinct global views)")
     if cfg["recipe"] not in ("paper", "official-code"):
         raise ExcbError(f"{source}: key 'recipe' must be 'paper' or 'official-code', got {cfg['recipe']!r}")
+    try:
+        check_loss_options(cfg["loss"]["pairs"], cfg["loss"]["normalization"])
+    except ExcbError as e:
+        raise ExcbError(f"{source}: {e}") from None
     backend = cfg["augment"].get("backend", "pil")
     if backend not in MULTICROP_BACKENDS:
         raise ExcbError(f"{source}: key 'augment.backend' must be one of {', '.join(map(repr, MULTICROP_BACKENDS))}, "

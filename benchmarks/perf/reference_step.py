@@ -27,16 +27,21 @@ import torch.nn.functional as F
 def student_forward_literal(student, views: Sequence[torch.Tensor], n_global: int, local_stop_grad: bool = True
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """z_h = q(h(f(x))) (centroids detached for locals), z_g = q̄(g(h(f(x)))), one centroid call each."""
+    from excb.heads import centroid_precision
     from excb.model import _forward_backbone
 
     b, V = views[0].shape[0], len(views)
     h = student.projector(_forward_backbone(student.backbone, views))
     hg, hl = h[: n_global * b], h[n_global * b:]
-    z_h = [student.centroids(hg, detach=False)]
-    if hl.numel():
-        z_h.append(student.centroids(hl, detach=local_stop_grad))
-    z_h = torch.cat(z_h)
-    z_g = student.centroids(student.predictor(h), detach=True)
+    g = None if student.predictor is None else student.predictor(h)
+    with centroid_precision():   # the centroid products are fp32 under autocast too
+        z_h = [student.centroids(hg, detach=False)]
+        if hl.numel():
+            z_h.append(student.centroids(hl, detach=local_stop_grad))
+        z_h = torch.cat(z_h)
+        if g is None:
+            return z_h.view(V, b, -1), None
+        z_g = student.centroids(g, detach=True)
     return z_h.view(V, b, -1), z_g.view(V, b, -1)
 
 
@@ -66,8 +71,9 @@ def patched(enable: bool = True):
             return
         saved = (T.excb_loss, ExCBStudent.forward, ClusterBalancer.teacher_probs)
 
-        def loss(p_t, z_h, z_g, tau, pairs="eq7"):
-            return excb_loss_reference(list(p_t), list(z_h), list(z_g), tau, pairs)
+        def loss(p_t, z_h, z_g, tau, pairs="eq7", normalization="algorithm1"):
+            return excb_loss_reference(list(p_t), list(z_h), None if z_g is None else list(z_g), tau, pairs,
+                                       normalization)
 
         def tp(self, z_t, tau):
             if self.update_when == "after" and self.assign_from == "balanced" and not self.official_code:
