@@ -140,7 +140,8 @@ def find_resumable(run_dir: str | Path, check: Optional[Callable[[Dict[str, Any]
                 raise ExcbError(f"{p}: {e}; refusing to overwrite it — use another output directory, or move "
                                 f"the old checkpoints away to start over") from e
         found.append((p, obj))
-    best = max(found, key=lambda po: po[1].get("epoch", -1)) if found else None
+    # newest = most training done (step-level checkpoints share their epoch with the last epoch-end one)
+    best = max(found, key=lambda po: (po[1].get("epoch", -1), po[1].get("step", -1))) if found else None
     D.barrier()  # every rank has read what it needs before rank 0 renames anything
     if not _is_main():
         return best

@@ -93,6 +93,32 @@ def parse_override(item: str) -> tuple:
     return key, value
 
 
+class AllowFraction(int):
+    """An int default that also accepts a fractional value (``epochs: 0.5``).
+
+    Resolved configs hold plain ``int``/``float`` (integral values stay ints, so configs and their
+    hashes read as before); the marker survives ``copy.deepcopy`` of the defaults and pickles /
+    dumps as a plain int should it ever leak."""
+
+    def __deepcopy__(self, memo: Any) -> "AllowFraction":
+        return self
+
+    def __copy__(self) -> "AllowFraction":
+        return self
+
+    def __reduce__(self):
+        return (int, (int(self),))
+
+
+yaml.SafeDumper.add_representer(AllowFraction, yaml.representer.SafeRepresenter.represent_int)
+
+
+def _plain_numbers(cfg: Any) -> Any:
+    if isinstance(cfg, dict):
+        return {k: _plain_numbers(v) for k, v in cfg.items()}
+    return int(cfg) if isinstance(cfg, AllowFraction) else cfg
+
+
 def _type_name(v: Any) -> str:
     return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
 
@@ -101,6 +127,8 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Check ``value`` against the type of ``default``; ints are accepted for floats."""
     if default is None or value is None:
         return value
+    if isinstance(default, AllowFraction) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value) if float(value).is_integer() else float(value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -173,7 +201,7 @@ def resolve_config(defaults: Config, path: Optional[str | Path] = None,
         nested: Config = {}
         set_dotted(nested, key, value)
         cfg = deep_update(cfg, _validate(nested, defaults, f"override '{item}'"))
-    return cfg
+    return _plain_numbers(cfg)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -6,10 +6,12 @@ import math
 import numpy as np
 
 
-def cosine_schedule(base: float, final: float, epochs: int, steps_per_epoch: int,
+def cosine_schedule(base: float, final: float, epochs: float, steps_per_epoch: int,
                     warmup_epochs: float = 0, warmup_start: float = 0.0) -> np.ndarray:
-    """``warmup_epochs`` of linear ramp from ``warmup_start`` to ``base``, then cosine to ``final``."""
-    total = epochs * steps_per_epoch
+    """``warmup_epochs`` of linear ramp from ``warmup_start`` to ``base``, then cosine to ``final``.
+
+    Fractional ``epochs`` / ``warmup_epochs`` are rounded to whole steps."""
+    total = int(round(epochs * steps_per_epoch))
     warm = min(int(round(warmup_epochs * steps_per_epoch)), total)
     ramp = np.linspace(warmup_start, base, warm, endpoint=False) if warm else np.zeros(0)
     rest = total - warm

@@ -25,9 +25,11 @@ from excb import ExcbError
 from excb import distributed as D
 from excb.augment import AUGMENT_DEFAULTS, MULTICROP_BACKENDS, build_multicrop, eval_transform
 from excb.balancing import create_balancer
+from excb.budget import (BUDGET_DEFAULTS, StopRule, cluster_capacity_warning, epoch_spans, resume_step, rng_state,
+                         run_epochs, set_rng_state, total_steps, validate_budget)
 from excb.cpu import tune_malloc
 from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
-from excb.config import require_positive
+from excb.config import AllowFraction, require_positive
 from excb.data import DATA_DEFAULTS, build_dataset
 from excb.io import JsonlLogger, atomic_write, atomic_write_json, package_versions
 from excb.loss import check_loss_options, excb_loss
@@ -50,11 +52,11 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7", "normalization": "algorithm1"},
     "augment": dict(AUGMENT_DEFAULTS),
     "optim": {"name": "sgd", "lr": 0.15, "lr_batch_scaling": True, "momentum": 0.9, "weight_decay": 1e-4,
-              "weight_decay_end": 1e-4, "warmup_epochs": 10, "min_lr": 0.0, "clip_grad": 0.0,
+              "weight_decay_end": 1e-4, "warmup_epochs": AllowFraction(10), "min_lr": 0.0, "clip_grad": 0.0,
               "betas": [0.9, 0.999]},
     "ema": {"momentum": 0.996, "momentum_end": 1.0},
     "batch_size": 1024,                # global, over all ranks
-    "epochs": 100,
+    "epochs": AllowFraction(100),      # fractions allowed (0.5 = half an epoch); see excb/budget.py
     "num_workers": 8,
     "pin_memory": True,
     "amp": "auto",                     # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
@@ -67,6 +69,7 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "final_pass": True,                # App. A: cluster sizes from one inference pass over train
     "stop_after_epoch": 0,             # >0: stop after this epoch (tests, staged runs)
     "monitor": dict(MONITOR_DEFAULTS),  # online k-NN + collapse alarms (excb/monitor.py)
+    **BUDGET_DEFAULTS,                 # max_steps, time_budget, save_every_steps, stop_after_step (excb/budget.py)
     "debug": {"inject_nan_at_step": -1},
 }
 
@@ -115,16 +118,19 @@ class EpochShardSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self.steps = n // (batch_per_rank * world)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.first, self.end = 0, self.steps
+
+    def set_epoch(self, epoch: int, first: int = 0, end: Optional[int] = None) -> None:
+        """Epoch ``epoch``, batches ``first <= i < end`` only (mid-epoch resume, partial last epoch)."""
+        self.epoch, self.first, self.end = epoch, first, self.steps if end is None else end
 
     def __len__(self) -> int:
-        return self.steps * self.bpr
+        return (self.end - self.first) * self.bpr
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         perm = torch.randperm(self.n, generator=g)[: self.steps * self.bpr * self.world]
-        for i in perm[self.rank::self.world].tolist():
+        for i in perm[self.rank::self.world][self.first * self.bpr:self.end * self.bpr].tolist():
             yield (i, self.epoch)
 
 
@@ -183,7 +189,7 @@ def build_optimizer(student: ExCBStudent, cfg: Dict[str, Any]) -> torch.optim.Op
 
 
 def build_schedules(cfg: Dict[str, Any], steps_per_epoch: int) -> Dict[str, np.ndarray]:
-    o, E = cfg["optim"], cfg["epochs"]
+    o, E = cfg["optim"], run_epochs(cfg, steps_per_epoch)   # fractional epochs / max_steps: see excb/budget.py
     lr = o["lr"] * (cfg["batch_size"] / 256.0 if o["lr_batch_scaling"] else 1.0)
     return {
         "lr": cosine_schedule(lr, o["min_lr"], E, steps_per_epoch, o["warmup_epochs"]),
@@ -225,6 +231,24 @@ class EpochStats:
         self.assign1.append(a[0].detach())
         self.labels.append(labels.detach())
 
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """The epoch so far, summed over ranks (a collective: every rank calls it); rank 0 saves it."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return {"counts": D.all_reduce_sum(self.counts.clone()).cpu(), "sums": D.all_reduce_sum(self.sums.clone()).cpu(),
+                "assign1": D.all_gather_cat(torch.cat(self.assign1)).cpu() if self.assign1 else empty,
+                "labels": D.all_gather_cat(torch.cat(self.labels)).cpu() if self.labels else empty}
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Continue an epoch from a checkpoint: rank 0 holds the totals so far, the others start at zero."""
+        if D.rank() != 0:
+            return
+        dev = self.counts.device
+        self.counts += state["counts"].to(dev, torch.float64)
+        self.sums += state["sums"].to(dev, torch.float64)
+        if len(state["assign1"]):
+            self.assign1.append(state["assign1"].to(dev))
+            self.labels.append(state["labels"].to(dev))
+
     def summary(self) -> Dict[str, float]:
         sums = D.all_reduce_sum(self.sums.clone())
         counts = D.all_reduce_sum(self.counts.clone())
@@ -264,17 +288,21 @@ def cluster_purity(assign: np.ndarray, labels: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- the training step
 def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimizer, scaler, loader,
                     schedules, epoch: int, cfg: Dict[str, Any], device: torch.device, logger: JsonlLogger,
-                    progress: bool) -> Dict[str, float]:
+                    progress: bool, steps_per_epoch: Optional[int] = None, first: int = 0, end: Optional[int] = None,
+                    stats: Optional["EpochStats"] = None, after_step=None) -> Dict[str, float]:
+    """One epoch, or its steps ``first <= i < end`` (the loader yields exactly those batches).
+    ``after_step(global_steps_done, stats)`` runs after every step; a true result ends the epoch early."""
     from tqdm import tqdm
 
     G = cfg["augment"]["n_global"]
     tau_t, tau_s = cfg["loss"]["teacher_temp"], cfg["loss"]["student_temp"]
-    steps = len(loader)
-    stats = EpochStats(cfg["centroids"]["K"], G, device)
+    steps = steps_per_epoch or len(loader)
+    end = steps if end is None else end
+    stats = stats if stats is not None else EpochStats(cfg["centroids"]["K"], G, device)
     t0, n_img = time.time(), 0
-    bar = tqdm(loader, total=steps, desc=f"pretrain epoch {epoch + 1}/{cfg['epochs']}", disable=not progress,
-               leave=False, dynamic_ncols=True)
-    for i, (views, labels) in enumerate(bar):
+    bar = tqdm(loader, total=end, initial=first, desc=f"pretrain epoch {epoch + 1}/{math.ceil(cfg['epochs'])}",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for i, (views, labels) in enumerate(bar, start=first):
         it = epoch * steps + i
         # 1. schedules for this step
         for g in optimizer.param_groups:
@@ -326,14 +354,16 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
 
         stats.add(loss, p_t, assign, labels)
         n_img += labels.shape[0]
-        if progress and (i % max(cfg["log_every"], 1) == 0 or i == steps - 1):
+        if progress and (i % max(cfg["log_every"], 1) == 0 or i == end - 1):
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{schedules['lr'][it]:.3g}")
             logger.log({"kind": "step", "epoch": epoch + 1, "step": it, "loss": float(loss.detach()), **parts,
                         "lr": float(schedules["lr"][it]), **balancer.stats()})
+        if after_step is not None and after_step(it + 1, stats):
+            break
     bar.close()
     dt = time.time() - t0
     out = stats.summary()
-    last = epoch * steps + steps - 1
+    last = epoch * steps + i
     out.update({"lr": float(schedules["lr"][last]), "momentum": float(schedules["momentum"][last]),
                 "images_per_s": n_img * D.world_size() / max(dt, 1e-9), "epoch_s": dt, **balancer.stats()})
     return out
@@ -358,6 +388,7 @@ def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
         raise ExcbError(f"{source}: key 'augment.backend' must be one of {', '.join(map(repr, MULTICROP_BACKENDS))}, "
                         f"got {backend!r}")
     validate_monitor(cfg["monitor"], source)
+    validate_budget(cfg, source)
 
 
 def _seed_all(seed: int) -> None:
@@ -388,19 +419,19 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     # ---- data
     base = build_dataset(cfg["data"], "train")
     K = cfg["centroids"]["K"]
-    if K > len(base):
-        raise ExcbError(f"config: key 'centroids.K' ({K}) is larger than the training set ({len(base)} images) can "
-                        f"populate; use centroids.K <= {len(base)} (the paper: 65,536 for 1.28 M images)")
     ds = MultiCropDataset(base, build_multicrop(cfg["augment"]), cfg["seed"])
     sampler = EpochShardSampler(len(ds), bpr, cfg["seed"], rank, world)
     if sampler.steps == 0:
         raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) exceeds the training set "
                         f"({len(ds)} images); lower it")
+    warn_k = cluster_capacity_warning(K, len(base), sampler.steps * cfg["batch_size"] * cfg["augment"]["n_global"])
     nw = cfg["num_workers"]
     loader = torch.utils.data.DataLoader(
         ds, batch_size=bpr, sampler=sampler, num_workers=nw, pin_memory=cfg["pin_memory"] and device.type == "cuda",
         drop_last=True, persistent_workers=nw > 0, worker_init_fn=_worker_init if nw > 0 else None,
-        prefetch_factor=4 if nw > 0 else None)
+        prefetch_factor=4 if nw > 0 else None,
+        generator=torch.Generator().manual_seed(cfg["seed"]))  # its base seed must not consume the global RNG
+                                                               # (exact mid-epoch resume restores that state)
 
     # ---- models
     student, teacher = build_models(cfg["backbone"], cfg["head"], K)
@@ -426,6 +457,10 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     # ---- resume
     start_epoch, history = 0, []
     logger = JsonlLogger(run_dir / "log.jsonl", enabled=rank == 0)
+    if warn_k and rank == 0:
+        print(f"[excb] warning: {warn_k}")
+        logger.log({"kind": "warning", "key": "centroids.K", "message": warn_k})
+    spe, start_step, resumed = sampler.steps, 0, None
 
     def _check(obj):
         if obj.get("config", {}).get("backbone") != cfg["backbone"] or obj["config"]["centroids"]["K"] != K:
@@ -443,37 +478,74 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
             scaler.load_state_dict(ck["scaler"])
         start_epoch, history = int(ck["epoch"]), list(ck.get("history", []))
         monitor_state = ck.get("monitor")
+        start_step = resume_step(ck, spe, path)
+        resumed = {"stats": ck.get("epoch_stats"), "rng": ck.get("rng")} if start_step % spe else None
         if rank == 0:
-            print(f"[excb] resuming from {path} (epoch {start_epoch}/{cfg['epochs']})")
-            logger.log({"kind": "resume", "epoch": start_epoch, "checkpoint": str(path)})
+            print(f"[excb] resuming from {path} (epoch {start_epoch}/{cfg['epochs']}, step {start_step})")
+            logger.log({"kind": "resume", "epoch": start_epoch, "step": start_step, "checkpoint": str(path)})
         del ck
+
+    def training_state(epoch_done: int, step_done: int) -> Dict[str, Any]:
+        return {"format": FORMAT_TAG, "version": 1, "epoch": epoch_done, "step": step_done, "steps_per_epoch": spe,
+                "config": cfg, "backbone": {"name": cfg["backbone"]["name"],
+                                            "kwargs": {k: v for k, v in cfg["backbone"].items() if k != "name"}},
+                "student": student.state_dict(), "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
+                "monitor": monitor.state_dict(), "rng": rng_state(device)}
+
+    rule = StopRule.from_config(cfg, t_start)
+    stop_reason: Optional[str] = None
+    step_done = start_step
+
+    def after_step(step: int, stats: EpochStats) -> bool:
+        """Budget hook: a checkpoint inside the epoch every save_every_steps, and the stop rules."""
+        nonlocal stop_reason, step_done
+        step_done = step
+        stop_reason = rule.stop_reason(step_done)
+        if step_done % spe == 0 or step_done >= total:
+            return stop_reason is not None   # the epoch ends here anyway: its own checkpoint follows
+        if stop_reason or rule.save_due(step_done):
+            st = stats.state_dict()           # collective: every rank
+            if rank == 0:
+                save_training_checkpoint(run_dir, {**training_state(step_done // spe, step_done), "epoch_stats": st})
+                logger.log({"kind": "checkpoint", "step": step_done, "reason": stop_reason or "save_every_steps"})
+            D.barrier()
+        return stop_reason is not None
 
     tb = _tensorboard(run_dir, cfg) if rank == 0 else None
     rows = cfg["batch_size"] * cfg["augment"]["n_global"]
     monitor = Monitor(cfg, rows_per_epoch=rows * sampler.steps, rows_per_step=rows, log=logger.log,
                       say=lambda m: rank == 0 and print(m, flush=True))
     monitor.load_state_dict(monitor_state)
-    if start_epoch == 0:
+    if start_step == 0:
         monitor.start(teacher.backbone, device)   # the random-init k-NN reference
     stopped_early = collapsed = False
-    for epoch in range(start_epoch, cfg["epochs"]):
-        sampler.set_epoch(epoch)
+    total = total_steps(cfg, spe)
+    for epoch, first, end in epoch_spans(start_step, total, spe):
+        sampler.set_epoch(epoch, first, end)
         torch.manual_seed(cfg["seed"] * 1_000_003 + epoch)  # drop-path etc.: a function of the epoch
+        stats = EpochStats(K, cfg["augment"]["n_global"], device)
+        if first and resumed is not None:   # continue the interrupted epoch exactly where it stopped
+            if resumed["rng"] is not None:
+                set_rng_state(resumed["rng"], device)
+            if resumed["stats"] is not None:
+                stats.load_state_dict(resumed["stats"])
         student.train()
         teacher.train()
         ep = train_one_epoch(student, student_ddp, teacher, balancer, optimizer, scaler, loader, schedules,
-                             epoch, cfg, device, logger, progress=rank == 0)
-        collapsed = monitor.end_of_epoch(epoch + 1, teacher.backbone, ep, device, last=epoch + 1 == cfg["epochs"])
+                             epoch, cfg, device, logger, progress=rank == 0, steps_per_epoch=spe, first=first,
+                             end=end, stats=stats, after_step=after_step)
+        if stop_reason and step_done % spe and step_done < total:
+            stopped_early = True                # mid-epoch: the hook saved the checkpoint
+            break
+        collapsed = monitor.end_of_epoch(epoch + 1, teacher.backbone, ep, device, last=step_done >= total)
         ep["epoch"] = epoch + 1
+        if end < spe:
+            ep["epoch_fraction"] = end / spe    # a partial last epoch (fractional epochs, max_steps)
         history.append(ep)
         if rank == 0:
-            state = {"format": FORMAT_TAG, "version": 1, "epoch": epoch + 1, "config": cfg,
-                     "backbone": {"name": cfg["backbone"]["name"],
-                                  "kwargs": {k: v for k, v in cfg["backbone"].items() if k != "name"}},
-                     "student": student.state_dict(), "teacher": teacher.state_dict(),
-                     "optimizer": optimizer.state_dict(), "balancer": balancer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
-                     "monitor": monitor.state_dict()}
+            state = training_state(epoch + 1 if end == spe else epoch, step_done)
             snap = f"checkpoint_epoch{epoch + 1:04d}.pth" if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0 else None
             save_training_checkpoint(run_dir, state, snapshot_name=snap)
             logger.log({"kind": "epoch", **ep})
@@ -484,11 +556,14 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                 f"{k}={v:.4g}" for k, v in ep.items() if k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max",
                                                                "agreement", "purity", "knn_top1", "images_per_s")))
         D.barrier()
-        if collapsed and epoch + 1 < cfg["epochs"]:
+        if collapsed and step_done < total:
+            stop_reason, stopped_early = "collapse", True
+            break
+        if stop_reason and step_done < total:
             stopped_early = True
             break
-        if cfg["stop_after_epoch"] and epoch + 1 >= cfg["stop_after_epoch"] and epoch + 1 < cfg["epochs"]:
-            stopped_early = True
+        if cfg["stop_after_epoch"] and epoch + 1 >= cfg["stop_after_epoch"] and step_done < total:
+            stop_reason, stopped_early = "stop_after_epoch", True
             break
 
     final: Dict[str, Any] = {}
@@ -504,9 +579,10 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     results = {
         "stage": "pretrain",
         "status": ("collapsed" if collapsed else "stopped") if stopped_early else "complete",
+        **({"stop_reason": stop_reason} if stopped_early else {}),
         "metrics": {**{k: last.get(k) for k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max", "agreement",
                                                "purity", "clusters_used", "knn_top1", "knn_random_init")}, **final,
-                    "epochs_done": len(history) and history[-1]["epoch"]},
+                    "epochs_done": _whole(step_done / spe), "steps_done": step_done},
         "protocol": cfg,
         "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None,
                  "skipped_files": len(getattr(base, "skipped", []))},
@@ -546,6 +622,10 @@ def final_cluster_pass(teacher: ExCBTeacher, cfg: Dict[str, Any], device: torch.
     counts = D.all_reduce_sum(counts).cpu().numpy().astype(np.int64)
     purity = cluster_purity(torch.cat(assigns).numpy(), torch.cat(labels).numpy()) if D.world_size() == 1 and assigns else None
     return counts, purity
+
+
+def _whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
 
 
 def _tensorboard(run_dir: Path, cfg: Dict[str, Any]):

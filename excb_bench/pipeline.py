@@ -232,9 +232,11 @@ def file_sha256(path: str | Path) -> str:
 
 def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """What a stage's result depends on; its hash decides whether the stage reruns."""
-    # debug.* (fault injection) and monitor.* (online k-NN, alarms: never touch the weights) do not
-    # change what a finished stage means
-    hashed = {k: v for k, v in scfg.items() if k not in ("debug", "monitor")}
+    # debug.* (fault injection), monitor.* (online k-NN, alarms: never touch the weights) and when a run
+    # stops or checkpoints (excb.budget.RUN_CONTROL_KEYS) do not change what a finished stage means
+    from excb.budget import RUN_CONTROL_KEYS
+
+    hashed = {k: v for k, v in scfg.items() if k not in ("debug", "monitor") + RUN_CONTROL_KEYS}
     inputs: Dict[str, Any] = {"config": sha256_json(hashed)}
     ck = scfg.get("checkpoint")
     if ck and Path(ck).exists():

@@ -17,7 +17,7 @@ PRETRAIN_CASES = {
     "wrong_type_section": (["optim=0.1"], ["optim", "section"]),
     "negative_batch": (["batch_size=-64"], ["batch_size", "-64", "> 0"]),
     "zero_epochs": (["epochs=0"], ["epochs", "0"]),
-    "K_larger_than_data": (["centroids.K=1000"], ["centroids.K", "1000", "256 images"]),
+    # K larger than the data is a warning since issue 15 (tests/integration/test_owndata_budget.py)
     "batch_larger_than_data": (["batch_size=512"], ["batch_size", "512", "256 images"]),
     "data_root_missing": (["data.name=imagefolder", "data.root=/nonexistent/imagenet"],
                           ["/nonexistent/imagenet/train", "data.root"]),
