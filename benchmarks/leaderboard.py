@@ -293,6 +293,20 @@ def _eval_label(folder: Path, stages: Dict[str, Dict[str, Any]], cfg: Dict[str, 
     return name[len("eval_"):] if name.startswith("eval_") and len(name) > 5 else name
 
 
+def _labelled_rows(ours: Dict[str, Any], tag: str) -> List[Dict[str, Any]]:
+    """Stages of ``<run>/<stage>`` that recorded a checkpoint label (e.g. ``detect`` given a
+    torchvision file) are not ours: move them out of the ours row into rows of their own."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for stage, res in list(ours["stages"].items()):
+        lab = _get_path(res, "checkpoint.label")
+        if lab:
+            row = out.setdefault(str(lab), {**ours, "method": str(lab) + (f" ({tag[2:]})" if tag else ""),
+                                            "kind": "eval", "batch": None, "epochs": None, "multi_crop": None,
+                                            "arch": _get_path(res, "checkpoint.arch"), "stages": {}})
+            row["stages"][stage] = ours["stages"].pop(stage)
+    return list(out.values())
+
+
 def collect_measured(runs: Sequence[Path], cfg: Dict[str, Any], warnings: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """Measured rows of every run directory: ours, sanity rows, third-party evaluations.
 
@@ -316,6 +330,7 @@ def collect_measured(runs: Sequence[Path], cfg: Dict[str, Any], warnings: Option
                 "multi_crop": (n_local > 0) if isinstance(n_local, (int, float)) else None,
                 "run": str(run), "source": f"measured: {run}", "stages": _stages_in(run, cfg, warnings)}
         rows.append(ours)
+        rows += _labelled_rows(ours, tag)
         for kind, rel in cfg["paths"]["sanity"].items():
             folder = run / rel
             stages = _stages_in(folder, cfg, warnings)

@@ -173,6 +173,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
+        # the test loader has loaded the set by now, so its contiguous classes are known; a
+        # mismatch would otherwise surface as COCOEvaluator's crash after all the training
+        classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ExcbError(f"{dataset_name}: {len(classes)} categories but MODEL.ROI_HEADS.NUM_CLASSES="
+                            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}; leave num_classes=null (read from the annotations)")
         return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"),
                              allow_cached_coco=False)
 
@@ -213,11 +219,13 @@ def worker(job: Dict[str, Any]) -> None:
         model = Trainer.build_model(cfg)
         ck = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         if job.get("weights"):
-            ck.load(job["weights"])
+            extra = ck.load(job["weights"])
         else:
-            ck.resume_or_load("", resume=True)
+            extra = ck.resume_or_load("", resume=True)
         results = Trainer.test(cfg, model)
-        it = None
+        # the checkpoint's last finished iteration (Detectron2 stores the 0-based index)
+        done = (extra or {}).get("iteration")
+        start, it = (int(done) + 1 if isinstance(done, int) else None), None
     else:
         trainer = Trainer(cfg)
         resuming = job["resume"] and trainer.checkpointer.has_checkpoint()
@@ -225,6 +233,7 @@ def worker(job: Dict[str, Any]) -> None:
         if not resuming and job.get("check_weights"):
             _check_loaded(trainer.model.module if hasattr(trainer.model, "module") else trainer.model,
                           job["check_weights"])
+        start = trainer.start_iter
         trainer.train()
         # EvalHook evaluated after the last iteration (every rank has the attribute; only rank 0
         # holds numbers); evaluate here only if it did not run, on every rank alike
@@ -232,9 +241,10 @@ def worker(job: Dict[str, Any]) -> None:
             results = trainer._last_eval_results
         else:
             results = Trainer.test(cfg, trainer.model)
-        it = trainer.iter
+        it = trainer.iter  # MAX_ITER + 1 when nothing was left to train (detection.records)
     if comm.is_main_process():
-        atomic_write_json(job["metrics_path"], {"results": _plain(results), "iter": it, "max_iter": cfg.SOLVER.MAX_ITER,
+        atomic_write_json(job["metrics_path"], {"results": _plain(results), "start_iter": start, "iter": it,
+                                                "max_iter": cfg.SOLVER.MAX_ITER,
                                                 "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
                                                 "world_size": comm.get_world_size(),
                                                 "detectron2_version": getattr(detectron2, "__version__", None)})

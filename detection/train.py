@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -34,6 +35,9 @@ from excb.config import deep_update as _merge
 from excb.config import get_dotted as get_key
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_write_json, package_versions, read_json, sha256_file
+
+from detection.categories import dataset_categories, resolve_num_classes
+from detection.records import checkpoint_label, finished_result, iteration_record, stage_fingerprint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FULL_CONFIG = "mask_rcnn_R50_C4_1x_moco.yaml"
@@ -55,7 +59,7 @@ DEFAULTS: Dict[str, Any] = {
     "dataset": "auto",           # coco | synthetic | auto (coco if coco_root is set, synthetic if data.name=demo)
     "coco_root": None,           # annotations/instances_{train,val}2017.json, train2017/, val2017/
     "synthetic": {"root": None, "n_train": 16, "n_val": 8, "image_size": 96, "seed": 0},  # root null: <run_dir>/synthetic_coco
-    "num_classes": None,         # null: 80 for COCO, read off the synthetic set otherwise
+    "num_classes": None,         # null: the number of categories in the annotation files (must match when set)
     # --- Detectron2 config
     "d2_config": FULL_CONFIG,    # a file in detection/configs/ or a path
     "smoke": False,              # merge the CPU smoke config (tiny sizes, few ROIs, 8 iterations)
@@ -71,6 +75,7 @@ DEFAULTS: Dict[str, Any] = {
     "weights": None,             # eval_only: a Detectron2 model file to evaluate instead of run_dir/d2's last checkpoint
     "resume": True,              # continue from run_dir/d2's last checkpoint when there is one
     "seed": 0,                   # Detectron2 SEED (each process adds its rank); AP varies ~0.3 between seeds
+    "label": None,               # leaderboard row name; null: ours for our checkpoints, else from the checkpoint
     "progress": True,
 }
 
@@ -160,11 +165,6 @@ def count_images(json_path: Path, chunk: int = 1 << 22) -> int:
             # needle split across two blocks exactly once
             tail = buf[-(len(needle) - 1):]
     return n
-
-
-def count_categories(json_path: Path) -> int:
-    """Categories of a (small) COCO annotation file."""
-    return len(read_json(json_path).get("categories", []))
 
 
 # ----------------------------------------------------------------------------- config layering
@@ -290,6 +290,9 @@ def _resolve_dataset(cfg: Mapping[str, Any]) -> str:
         return "coco"  # validate_coco_root then names what is missing
     if ds not in ("coco", "synthetic"):
         raise ExcbError(f"dataset: unknown value '{ds}'; use coco, synthetic or auto")
+    if ds == "synthetic" and cfg.get("coco_root"):
+        raise ExcbError(f"coco_root: '{cfg['coco_root']}' is given but dataset=synthetic would ignore it; use "
+                        f"dataset=auto (or coco) to train on that COCO-format set, or drop --coco for the generated one")
     return ds
 
 
@@ -368,7 +371,7 @@ def _convert(cfg: Mapping[str, Any], run_dir: Path) -> Tuple[str, Dict[str, Any]
 
 
 # stage keys that locate inputs or launch processes: not part of the protocol
-NON_PROTOCOL = ("checkpoint", "format", "which", "arch", "trust_checkpoint", "backbone", "data", "progress",
+NON_PROTOCOL = ("checkpoint", "format", "which", "arch", "trust_checkpoint", "backbone", "data", "progress", "label",
                 "coco_root", "num_gpus", "num_machines", "machine_rank", "dist_url", "device", "num_workers", "eval_only",
                 "weights", "resume")
 # the Detectron2 values that define the protocol, copied into results.json
@@ -389,59 +392,124 @@ def protocol_record(cfg: Mapping[str, Any], d2_over: Mapping[str, Any]) -> Dict[
     return out
 
 
+def _eval_only_source(cfg: Mapping[str, Any], run_dir: Path, arch: Optional[Dict[str, Any]], num_classes: int,
+                      val_json: Path) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """Evaluating a finished model: its depth and class count are the ones it was trained
+    with (``run_dir/config_d2.yaml``), and its row is the one of the checkpoint it was trained
+    from (the previous results.json)."""
+    prev = run_dir / "config_d2.yaml"
+    if prev.is_file() and not cfg.get("weights"):
+        old = yaml.safe_load(prev.read_text(encoding="utf-8")) or {}
+        depth = get_key(old, "MODEL.RESNETS.DEPTH")
+        arch = {"depth": depth} if depth else arch
+        trained_n = get_key(old, "MODEL.ROI_HEADS.NUM_CLASSES")
+        if trained_n is not None and int(trained_n) != num_classes:
+            raise ExcbError(f"{prev}: the model in {run_dir / 'd2'} was trained for {trained_n} classes but {val_json} "
+                            f"has {num_classes} categories; evaluate it on the data set it was trained on")
+    trained_from = None
+    if not cfg.get("weights") and (run_dir / "results.json").is_file():
+        try:
+            old_ck = read_json(run_dir / "results.json").get("checkpoint") or {}
+        except (ExcbError, AttributeError):
+            old_ck = {}
+        if isinstance(old_ck, dict):
+            trained_from = old_ck.get("trained_from") or (old_ck if old_ck.get("format") != "detectron2-model" else None)
+    rec = {"path": cfg.get("weights") or str(run_dir / "d2"), "sha256": None, "format": "detectron2-model",
+           "arch": f"resnet{arch['depth']}" if arch and arch.get("depth") else None, "trained_from": trained_from}
+    return rec, arch
+
+
+def plan(cfg: Mapping[str, Any], run_dir: Path, *, world_size: int = 1, cuda: bool = False,
+         base_config: Optional[Path] = None) -> Dict[str, Any]:
+    """Everything before Detectron2 runs (no Detectron2 needed): the data (generated when
+    synthetic), its categories -> ``MODEL.ROI_HEADS.NUM_CLASSES``, the converted backbone, the
+    Detectron2 overrides and the fingerprint of a training run with these inputs."""
+    cfg = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(dict(cfg))}
+    run_dir = Path(run_dir)
+    kind = _resolve_dataset(cfg)
+    eval_only = bool(cfg.get("eval_only"))
+    paths, data_rec = _prepare_data(cfg, run_dir, kind)
+    cats = dataset_categories(paths, need_train=not eval_only)
+    num_classes = resolve_num_classes(cfg.get("num_classes"), cats, paths["val_json"])
+    data_rec.update({"num_classes": num_classes,
+                     "categories": {"ids": cats["ids"], "names": cats["names"], "order": "sorted dataset id"}})
+    weights, ck_rec, arch = _convert(cfg, run_dir)
+    if eval_only and not cfg.get("checkpoint"):
+        ck_rec, arch = _eval_only_source(cfg, run_dir, arch, num_classes, paths["val_json"])
+    ck_rec["label"] = checkpoint_label(ck_rec, cfg.get("label"))
+    tag = (ck_rec.get("sha256") or "init")[:10]
+    datasets = (f"excb_{data_rec['name']}_train_{tag}", f"excb_{data_rec['name']}_val_{tag}")
+    over = build_d2_overrides(cfg, run_dir=run_dir, datasets=datasets, weights=weights, world_size=world_size,
+                              cuda=cuda, arch=arch, num_classes=num_classes)
+    return {"cfg": cfg, "kind": kind, "paths": paths, "data": data_rec, "weights": weights, "checkpoint": ck_rec,
+            "arch": arch, "datasets": datasets, "overrides": over,
+            "fingerprint": stage_fingerprint(over, ck_rec, data_rec, world_size, str(base_config) if base_config else None)}
+
+
+def compose_results(raw: Mapping[str, Any], *, plan_: Mapping[str, Any], d2_config: Mapping[str, Any],
+                    config_path: str, base_config: Optional[str], world_size: int, wall_s: float) -> Dict[str, Any]:
+    """results.json from the worker's ``metrics_detectron2.json`` (``raw``) and the plan."""
+    cfg = plan_["cfg"]
+    metrics = parse_detectron2_metrics(raw.get("results"))
+    protocol = protocol_record(cfg, d2_config)
+    max_iter = raw.get("max_iter") if raw.get("max_iter") is not None else get_key(d2_config, "SOLVER.MAX_ITER")
+    if raw.get("start_iter") is None:   # evaluation of a model whose iteration is unknown
+        iters: Dict[str, Any] = {"iterations_done": None, "iterations_this_run": 0, "resumed_from": None}
+    else:
+        iters = iteration_record(int(raw["start_iter"]), raw.get("iter"), int(max_iter))
+    protocol["detectron2"].update({"config": config_path, "base_config": base_config, **iters})
+    return {"stage": STAGE, "status": "complete", "mode": "eval_only" if cfg.get("eval_only") else "train",
+            "label": plan_["checkpoint"].get("label"), "metrics": metrics, "protocol": protocol, "data": plan_["data"],
+            "checkpoint": plan_["checkpoint"], "seed": int(cfg["seed"]), "world_size": int(world_size),
+            "wall_s": round(float(wall_s), 3), "fingerprint": plan_["fingerprint"],
+            "versions": {**package_versions(), "detectron2": raw.get("detectron2_version")},
+            "detectron2_results": raw.get("results")}
+
+
 def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    """Convert, configure, train and evaluate; write and return ``run_dir/results.json``."""
+    """Convert, configure, train and evaluate; write and return ``run_dir/results.json``.
+
+    A finished training run with the same inputs (``resume=true``) is not run again: its
+    results.json is returned as recorded (``eval_only=true`` re-evaluates, ``resume=false`` retrains)."""
     t0 = time.time()
     run_dir = Path(run_dir)
     cfg = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(cfg)}
     _validate(cfg)
     kind = _resolve_dataset(cfg)
-    if kind == "coco":  # the user's paths are checked before anything slow or optional
-        validate_coco_root(cfg.get("coco_root"), need_train=not cfg.get("eval_only"))
+    if kind == "coco":  # the user's data is checked before anything slow or optional
+        paths = validate_coco_root(cfg.get("coco_root"), need_train=not cfg.get("eval_only"))
+        cats = dataset_categories(paths, need_train=not cfg.get("eval_only"))
+        resolve_num_classes(cfg.get("num_classes"), cats, paths["val_json"])
     require_detectron2()
     cuda, per_machine = _device(cfg)
     world = per_machine * int(cfg["num_machines"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    base = detectron2_config_file()
+    p = plan(cfg, run_dir, world_size=world, cuda=cuda, base_config=base)
+    if not cfg["eval_only"] and cfg["resume"] and int(cfg["machine_rank"]) == 0:
+        done = finished_result(run_dir, p["fingerprint"])
+        if done is not None:
+            print(f"[excb-bench] detect: {run_dir / 'results.json'} already holds this run (same inputs, finished); "
+                  f"reporting it as recorded (eval_only=true re-evaluates, resume=false retrains)", file=sys.stderr)
+            return done
 
     from detection import d2  # Detectron2-dependent half of the stage
 
-    paths, data_rec = _prepare_data(cfg, run_dir, kind)
-    weights, ck_rec, arch = _convert(cfg, run_dir)
-    if cfg["eval_only"] and not cfg.get("checkpoint"):
-        # evaluating a finished model: its depth is the one it was trained with, not backbone.name
-        prev = run_dir / "config_d2.yaml"
-        if prev.is_file():
-            depth = get_key(yaml.safe_load(prev.read_text(encoding="utf-8")) or {}, "MODEL.RESNETS.DEPTH")
-            arch = {"depth": depth} if depth else arch
-        ck_rec = {"path": cfg.get("weights") or str(run_dir / "d2"), "sha256": None, "format": "detectron2-model",
-                  "arch": f"resnet{arch['depth']}" if arch and arch.get("depth") else None}
-    num_classes = cfg.get("num_classes")
-    if num_classes is None and kind == "synthetic":
-        num_classes = count_categories(paths["train_json"])
-    tag = (ck_rec.get("sha256") or "init")[:10]
-    datasets = (f"excb_{data_rec['name']}_train_{tag}", f"excb_{data_rec['name']}_val_{tag}")
-    over = build_d2_overrides(cfg, run_dir=run_dir, datasets=datasets, weights=weights, world_size=world,
-                              cuda=cuda, arch=arch, num_classes=num_classes)
-    job = d2.prepare_job(over, run_dir=run_dir, paths=paths, datasets=datasets, eval_only=bool(cfg["eval_only"]),
-                         resume=bool(cfg["resume"]), weights=cfg.get("weights"), check_weights=weights or None,
-                         base_config=detectron2_config_file())
+    job = d2.prepare_job(p["overrides"], run_dir=run_dir, paths=p["paths"], datasets=p["datasets"],
+                         eval_only=bool(cfg["eval_only"]), resume=bool(cfg["resume"]), weights=cfg.get("weights"),
+                         check_weights=p["weights"] or None, base_config=base)
     d2.launch_job(job, num_gpus=per_machine, num_machines=int(cfg["num_machines"]),
                   machine_rank=int(cfg["machine_rank"]), dist_url=str(cfg["dist_url"]), cuda=cuda)
     if int(cfg["machine_rank"]) != 0:  # only machine 0 holds the evaluation results
         return {"stage": STAGE, "status": "worker", "machine_rank": int(cfg["machine_rank"])}
     raw = read_json(job["metrics_path"])
-    metrics = parse_detectron2_metrics(raw["results"])
     # the values Detectron2 actually ran with (base file + ours), not only the ones we set
-    protocol = protocol_record(cfg, yaml.safe_load(Path(job["config_path"]).read_text(encoding="utf-8")) or over)
-    protocol["detectron2"].update({"config": str(run_dir / "config_d2.yaml"), "base_config": job["base_config"],
-                                   "iterations_done": raw.get("iter")})
-    res = {"stage": STAGE, "status": "complete", "metrics": metrics, "protocol": protocol, "data": data_rec,
-           "checkpoint": ck_rec, "seed": int(cfg["seed"]), "world_size": world, "wall_s": round(time.time() - t0, 3),
-           "versions": {**package_versions(), "detectron2": raw.get("detectron2_version")},
-           "detectron2_results": raw["results"]}
+    d2_cfg = yaml.safe_load(Path(job["config_path"]).read_text(encoding="utf-8")) or p["overrides"]
+    res = compose_results(raw, plan_=p, d2_config=d2_cfg, config_path=str(run_dir / "config_d2.yaml"),
+                          base_config=job["base_config"], world_size=world, wall_s=time.time() - t0)
     atomic_write_json(run_dir / "results.json", res)
     return res
 
 
-__all__ = ["run", "DEFAULTS", "DetectronMissing", "parse_detectron2_metrics", "validate_coco_root",
+__all__ = ["run", "plan", "compose_results", "DEFAULTS", "DetectronMissing", "parse_detectron2_metrics", "validate_coco_root",
            "build_d2_overrides", "effective_norm", "detectron2_config_file", "count_images", "require_detectron2"]

@@ -170,6 +170,8 @@ def _stage_cfg_from_args(stage_name: str, args) -> dict:
         for flag, key in (("coco", "coco_root"), ("num_gpus", "num_gpus")):
             if getattr(args, flag, None) is not None:
                 extra.append(f"{key}={getattr(args, flag)}")
+        if getattr(args, "coco", None) is not None:
+            extra.append("dataset=coco")  # --coco wins over a config's generated set (configs/detection/demo.yaml)
         if args.eval_only:
             extra.append("eval_only=true")
     if stage_name in ("leaderboard", "figures") and getattr(args, "runs", None):

@@ -100,19 +100,68 @@ def test_smoke_train_eval_resume(tmp_path, r18_checkpoint):
     assert (run_dir / "d2" / "model_final.pth").is_file()
     assert "Res5ROIHeadsExtraNorm" in (run_dir / "config_d2.yaml").read_text()
 
-    # rerun with the same config: resumes at the end, trains nothing, evaluates the same model
+    assert res["protocol"]["detectron2"]["iterations_this_run"] == 4 and res["mode"] == "train"
+    # a plain state dict is torchvision's format: the row is named after it, not "ours"
+    assert res["label"] == res["checkpoint"]["label"] == "torchvision resnet18 (r18.pth)"
+
+    # rerun with the same config: the finished run is reported as recorded, Detectron2 not launched
+    metrics_file = run_dir / "metrics_detectron2.json"
+    stamp = metrics_file.stat().st_mtime_ns
     again = T.run(_stage_cfg(tmp_path, r18_checkpoint), run_dir)
-    assert again["metrics"] == res["metrics"]
+    assert again == res and metrics_file.stat().st_mtime_ns == stamp
+    # resume=true past the end (what a rerun did before): evaluates again, still 4 iterations, none trained here
+    (run_dir / "results.json").unlink()
+    resumed = T.run(_stage_cfg(tmp_path, r18_checkpoint), run_dir)
+    d = resumed["protocol"]["detectron2"]
+    assert resumed["metrics"] == res["metrics"]
+    assert (d["iterations_done"], d["iterations_this_run"], d["resumed_from"]) == (4, 0, 4)
     # evaluation only, of the finished model
     ev = T.run(_stage_cfg(tmp_path, r18_checkpoint, eval_only=True), run_dir)
-    assert ev["metrics"] == res["metrics"]
-    # ... also without the checkpoint: the depth comes from the run's config, not backbone.name
+    assert ev["metrics"] == res["metrics"] and ev["mode"] == "eval_only"
+    assert ev["protocol"]["detectron2"]["iterations_done"] == 4
+    # ... also without the checkpoint: the depth comes from the run's config, not backbone.name,
+    # and the row stays the one of the backbone it was trained from
     ev2 = T.run(_stage_cfg(tmp_path, None, eval_only=True, checkpoint=None), run_dir)
     assert ev2["metrics"] == res["metrics"] and ev2["checkpoint"]["format"] == "detectron2-model"
-    assert ev2["checkpoint"]["arch"] == "resnet18"
+    assert ev2["checkpoint"]["arch"] == "resnet18" and ev2["label"] == "torchvision resnet18 (r18.pth)"
     # resuming checkpoints made under another config is refused
     with pytest.raises(ExcbError, match="another config"):
         T.run(_stage_cfg(tmp_path, r18_checkpoint, opts={"SOLVER": {"MAX_ITER": 6}}), run_dir)
+
+
+def _twenty_category_set(root: Path) -> Path:
+    """The generated shapes set relabelled as a 20-category COCO-format set with gapped ids
+    (3 used categories: 7, 36, 90; 17 unused ones)."""
+    from detection.synthetic import make_synthetic_coco
+
+    make_synthetic_coco(root, n_train=8, n_val=4, image_size=96, seed=0)
+    new_id = {1: 7, 2: 36, 3: 90}
+    cats = [{"id": new_id[i], "name": n, "supercategory": "shape"} for i, n in ((1, "box"), (2, "triangle"), (3, "ellipse"))]
+    cats += [{"id": i, "name": f"unused{i}", "supercategory": "none"} for i in range(40, 57)]
+    for split in ("train2017", "val2017"):
+        p = root / "annotations" / f"instances_{split}.json"
+        d = json.loads(p.read_text())
+        for a in d["annotations"]:
+            a["category_id"] = new_id[a["category_id"]]
+        d["categories"] = cats
+        p.write_text(json.dumps(d))
+    return root
+
+
+def test_non_coco_category_count_trains_and_evaluates(tmp_path, r18_checkpoint):
+    """A COCO-format set with 20 categories (not 80): NUM_CLASSES comes from the annotation
+    file, so COCOEvaluator gets predictions of known classes; rerun and eval-only work too."""
+    root = _twenty_category_set(tmp_path / "coco20")
+    cfg = _stage_cfg(tmp_path, r18_checkpoint, dataset="coco", coco_root=str(root))
+    run_dir = tmp_path / "detect"
+    res = T.run(cfg, run_dir)
+    assert res["status"] == "complete" and res["data"]["num_classes"] == 20 and res["data"]["name"] == "coco"
+    assert res["data"]["categories"]["ids"][:3] == [7, 36, 40] and res["data"]["categories"]["ids"][-1] == 90
+    assert "NUM_CLASSES: 20" in (run_dir / "config_d2.yaml").read_text()
+    assert all(isinstance(res["metrics"][k], float) for k in ("AP_box", "AP_mask"))
+    assert T.run(cfg, run_dir) == res
+    ev = T.run({**cfg, "eval_only": True}, run_dir)
+    assert ev["metrics"] == res["metrics"]
 
 
 def test_eval_only_without_a_model_is_an_error(tmp_path, r18_checkpoint):
