@@ -4,9 +4,10 @@
 
 Steps, all inside the stage's folder ``run_dir``:
 
-1. check the inputs: COCO's standard layout under ``coco_root`` (or generate the small
-   synthetic set, :mod:`detection.synthetic`, for smoke runs), then that Detectron2 imports
-   (else :class:`DetectronMissing`, which the pipeline records as a skipped stage);
+1. check the inputs: COCO's standard layout under ``coco_root`` and the categories of its
+   annotation files (:mod:`detection.categories`; they set ``NUM_CLASSES``), or generate the
+   small synthetic set, :mod:`detection.synthetic`, for smoke runs; then that Detectron2
+   imports (else :class:`DetectronMissing`, which the pipeline records as a skipped stage);
 2. convert the backbone (any format :func:`excb.checkpoint_formats.load_backbone` reads) to
    Detectron2 names -> ``backbone_d2.pkl`` (:mod:`detection.convert`), refusing leftovers;
 3. build the Detectron2 config: ``get_cfg()`` <- Detectron2's ``Base-RCNN-C4.yaml`` (from the
@@ -15,7 +16,9 @@ Steps, all inside the stage's folder ``run_dir``:
    one process -> ``config_d2.yaml`` (what Detectron2 actually ran);
 4. train and evaluate through Detectron2's ``launch`` (multi-GPU, multi-machine), resuming
    from its last checkpoint in ``run_dir/d2`` (``resume``), or only evaluate (``eval_only``);
-5. write ``results.json``: AP^b, AP^b_50, AP^b_75, AP^m, AP^m_50, AP^m_75 (percent).
+5. write ``results.json``: AP^b, AP^b_50, AP^b_75, AP^m, AP^m_50, AP^m_75 (percent), the row
+   label and the true iteration count (:mod:`detection.records`). A finished run with the same
+   inputs is reported as recorded instead of being run again (step 4 is skipped).
 
 Everything here except :func:`run`'s Detectron2 step runs and is tested without Detectron2.
 """
