@@ -34,8 +34,9 @@ DATA_DEFAULTS: Dict[str, Any] = {
     "train_dir": "train",
     "val_dir": "val",
     "on_error": "raise",     # "raise": a bad image is an error naming it; "skip": drop and count
-    "limit_train": 0,        # >0: use only the first N train samples (quick runs)
-    "limit_val": 0,
+    "limit_train": 0,        # >0: a seeded, class-stratified subsample of N train images (ImageFolder;
+    "limit_val": 0,          #     the demo arrays are stored shuffled, so their first N are used)
+    "limit_seed": 0,         # seed of that subsample
 }
 
 
@@ -77,7 +78,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """``root/<class>/<image>`` with classes indexed by sorted folder name."""
 
     def __init__(self, root: str | Path, transform: Optional[Callable] = None, on_error: str = "raise",
-                 limit: int = 0):
+                 limit: int = 0, limit_seed: int = 0):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ExcbError(f"{self.root}: data directory not found; set data.root to a folder with one sub-folder per class")
@@ -115,8 +116,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             samples = good
         elif on_error != "raise":
             raise ExcbError(f"data.on_error: unknown value '{on_error}'; use 'raise' or 'skip'")
-        if limit:
-            samples = samples[:limit]
+        if limit and limit < len(samples):   # not the first N: folder order is sorted by class
+            samples = [samples[i] for i in stratified_subset([y for _, y in samples], limit, limit_seed)]
         if not samples:
             raise ExcbError(f"{self.root}: no readable images found")
         self.classes = classes
@@ -134,6 +135,29 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img = self.load_image(i)
         return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def stratified_subset(targets: Sequence[int], n: int, seed: int = 0) -> List[int]:
+    """Sorted indices of a seeded class-stratified sample of ``n`` items.
+
+    Each class gets its proportional share ``n · n_c / N`` rounded down, the leftover items go to
+    the classes with the largest remainders (ties: the lower class index), and the members of each
+    class are drawn at random with ``numpy.random.default_rng(seed)``."""
+    y = np.asarray(targets, dtype=np.int64)
+    if n >= len(y):
+        return list(range(len(y)))
+    classes, counts = np.unique(y, return_counts=True)
+    quota = n * counts / len(y)
+    take = np.floor(quota).astype(np.int64)
+    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - take[c]), c))
+    for c in order[: n - int(take.sum())]:
+        take[c] += 1
+    rng = np.random.default_rng(seed)
+    keep: List[int] = []
+    for c, k in zip(classes, take):
+        members = np.flatnonzero(y == c)
+        keep.extend(rng.choice(members, size=int(k), replace=False).tolist())
+    return sorted(keep)
 
 
 class ArrayImageDataset(torch.utils.data.Dataset):
@@ -194,7 +218,8 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, transform: Optional[Call
         if not cfg.get("root"):
             raise ExcbError("data.root: required when data.name=imagefolder (a folder holding train/ and val/)")
         root = Path(cfg["root"]) / cfg[f"{split}_dir"]
-        return ImageFolderDataset(root, transform, on_error=cfg["on_error"], limit=limit)
+        return ImageFolderDataset(root, transform, on_error=cfg["on_error"], limit=limit,
+                                  limit_seed=int(cfg.get("limit_seed", 0) or 0))
     raise ExcbError(f"data.name: unknown data set '{name}'; use 'demo' or 'imagefolder'")
 
 
