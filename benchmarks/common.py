@@ -27,6 +27,7 @@ from excb import distributed as D
 from excb.cpu import tune_malloc
 from excb.data import DATA_DEFAULTS
 from excb.io import atomic_torch_save, atomic_write_json, package_versions, sha256_json
+from excb.safe_read import OWN_FILE_HINT, UnreadableFileError, read_torch_file
 
 # Config keys every classification stage shares.
 BACKBONE_KEYS: Dict[str, Any] = {
@@ -257,12 +258,21 @@ class EpochState:
         self.cfg_hash = sha256_json({k: v for k, v in cfg.items() if k not in ignore})
 
     def load(self) -> Optional[Dict[str, Any]]:
-        if not self.path.exists():
-            return None
+        """The saved state, or None when there is none or it is damaged (the stage starts over).
+
+        The file is read weights-only: one that needs a full unpickle (it could run code) is an
+        error naming its globals, and is neither loaded nor replaced."""
+        st = None
         try:
-            st = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a damaged file: start over rather than crash
-            print(f"[excb-bench] {self.path}: unreadable ({type(e).__name__}); starting this stage over")
+            st = read_torch_file(self.path, what="stage state", unsafe_hint=OWN_FILE_HINT, missing_ok=True)
+        except UnreadableFileError as e:   # truncated by a crash or a bad disk: redo the stage's epochs
+            print(f"[excb-bench] {e}; starting this stage over")
+            return None
+        if st is None:
+            return None
+        if not isinstance(st, dict):
+            print(f"[excb-bench] {self.path}: not a stage state (top level is {type(st).__name__}); "
+                  f"starting this stage over")
             return None
         if st.get("config_hash") != self.cfg_hash:
             raise ExcbError(f"{self.path}: written by a run with another config; delete it (or use another "

@@ -17,6 +17,7 @@ from torch import nn
 
 from excb import distributed as D
 from excb.io import atomic_torch_save, sha256_json
+from excb.safe_read import OWN_FILE_HINT, UnreadableFileError, read_torch_file
 
 from benchmarks.common import autocast, gather_shards, progress, shard_range
 
@@ -93,6 +94,12 @@ def _feature_dim(model, dataset, device, feature_fn, amp) -> int:
     return int(f.shape[-1])
 
 
+def _is_cache_record(obj: Any, key_sha256: str) -> bool:
+    return (isinstance(obj, dict) and obj.get("key_sha256") == key_sha256
+            and isinstance(obj.get("features"), torch.Tensor) and isinstance(obj.get("labels"), torch.Tensor)
+            and obj["features"].shape[0] == obj["labels"].shape[0])
+
+
 def cached_features(cache_dir: Optional[Path], key: Dict[str, Any], compute: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
                     log: Callable[[str], None] = print) -> Tuple[torch.Tensor, torch.Tensor]:
     """``compute()`` once per ``key``: the result is stored under ``cache_dir/<sha256(key)>.pt``.
@@ -107,12 +114,13 @@ def cached_features(cache_dir: Optional[Path], key: Dict[str, Any], compute: Cal
     path = cache_dir / f"{h[:32]}.pt"
     hit = None
     if path.exists():
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if obj.get("key_sha256") == h and obj["features"].shape[0] == obj["labels"].shape[0]:
-                hit = (obj["features"], obj["labels"])
-        except Exception as e:  # noqa: BLE001 - a damaged cache file is just recomputed
-            log(f"[excb-bench] feature cache {path} unreadable ({type(e).__name__}); recomputing")
+        try:   # a file needing a full unpickle (UnsafePickleError) is an error, not a cache miss
+            obj = read_torch_file(path, what="feature cache", unsafe_hint=OWN_FILE_HINT)
+        except UnreadableFileError as e:   # a damaged cache file is just recomputed
+            log(f"[excb-bench] {e}; recomputing")
+            obj = None
+        if _is_cache_record(obj, h):
+            hit = (obj["features"], obj["labels"])
     # every rank must agree, or the ranks that miss would wait forever in the collectives
     if D.is_dist():
         flags: list = [None] * D.world_size()

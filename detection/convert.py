@@ -167,9 +167,11 @@ def save_detectron2_pickle(path: Union[str, Path], d2_sd: Mapping[str, Any]) -> 
 
 
 def load_detectron2_pickle(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read back a pickle written by :func:`save_detectron2_pickle` (our own file: plain data)."""
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    """Read back a pickle written by :func:`save_detectron2_pickle`: containers and numpy arrays only
+    (restricted unpickler; a file asking for anything else is refused, naming it)."""
+    from excb.safe_read import read_plain_pickle
+
+    return read_plain_pickle(path, what="Detectron2 weights pickle")
 
 
 def convert_checkpoint(path: Union[str, Path], out_path: Union[str, Path], format: str = "auto",

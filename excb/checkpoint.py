@@ -11,8 +11,6 @@ Third-party / backbone-only loading lives in :mod:`excb.checkpoint_formats`
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -22,6 +20,8 @@ import torch
 
 from excb import ExcbError
 from excb.io import atomic_torch_save
+from excb.safe_read import OWN_FILE_HINT, read_torch_file
+from excb.safe_read import UnsafePickleError as UnsafeCheckpointError  # noqa: F401 (public name)
 
 LATEST = "checkpoint.pth"
 PREVIOUS = "checkpoint_prev.pth"
@@ -57,29 +57,13 @@ def plain_state(obj: Any) -> Any:
     return obj
 
 
-class UnsafeCheckpointError(ExcbError):
-    """The file is a valid pickle that needs classes/functions outside the weights-only allow-list."""
-
-
 def load_checkpoint_file(path: str | Path) -> Dict[str, Any]:
-    """``torch.load`` with weights_only; any failure is a one-line ExcbError naming the file."""
+    """One of our training checkpoints, read weights-only by :func:`excb.safe_read.read_torch_file`.
+
+    A file that needs a full unpickle raises :class:`UnsafeCheckpointError` (it names the globals;
+    the file is left where it is); a damaged one an ExcbError naming the file."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ExcbError(f"{path}: checkpoint not found") from e
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-        if m:
-            raise UnsafeCheckpointError(f"{path}: refusing to unpickle '{m.group(1)}' (loading it could execute code "
-                                        f"from the file); only plain containers and tensors are loaded") from e
-        tail = msg.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
-        detail = " ".join(tail.split())[:160] or "not a pickle"
-        raise ExcbError(f"{path}: unreadable checkpoint ({detail[:160]}); the file is truncated or corrupt") from e
-    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
-        raise ExcbError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                        f"the file is truncated or corrupt") from e
+    obj = read_torch_file(path, what="training checkpoint", unsafe_hint=OWN_FILE_HINT)
     if not isinstance(obj, dict):
         raise ExcbError(f"{path}: not an excb-bench checkpoint (top level is {type(obj).__name__})")
     return obj
@@ -125,8 +109,8 @@ def find_resumable(run_dir: str | Path, check: Optional[Callable[[Dict[str, Any]
             continue
         try:
             obj = load_checkpoint_file(p)
-        except UnsafeCheckpointError as e:
-            raise ExcbError(f"{e}; refusing to resume from or overwrite it — use another output directory") from e
+        except UnsafeCheckpointError:
+            raise   # never moved aside, never overwritten: the error names the file and its globals
         except ExcbError as e:
             damaged.append((p, e))
             continue

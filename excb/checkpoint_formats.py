@@ -13,14 +13,15 @@ Strictness: after mapping, the only keys allowed to be missing or unexpected are
 classifier's (``fc.*``, ``head.*``). Anything else is an :class:`~excb.ExcbError` listing
 the keys — a silently half-loaded backbone gives plausible-looking but wrong numbers.
 
-Pickle safety (PyTorch >= 2.6 defaults ``torch.load`` to ``weights_only=True``): we always
-read with ``weights_only=True`` first, with a small allow-list of data-only classes that
-real SSL checkpoints contain:
+Pickle safety (PyTorch >= 2.6 defaults ``torch.load`` to ``weights_only=True``): files are
+read by :func:`excb.safe_read.read_torch_file` (the project's one reader) with
+``weights_only=True`` and a small allow-list of data-only classes that real SSL checkpoints
+contain:
 
 * ``argparse.Namespace`` — DINO, the authors' ExCB release and many others pickle their
   command-line arguments. Unpickling a Namespace only sets attributes on an empty object,
   and its attribute values still go through the restricted unpickler, so no code runs.
-* numpy scalars and dtypes (``best_acc1`` and the like stored as ``np.float64``).
+* numpy scalars, dtypes and arrays (``best_acc1`` and the like stored as ``np.float64``).
 
 Anything else that needs a full unpickle (a custom class, a Lightning/omegaconf object, a
 pickled ``nn.Module``) is refused, naming the offending globals, unless the caller passes
@@ -33,7 +34,6 @@ the plain state dicts) and ``to_backbone_state(obj, which) -> (arch_guess, state
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from dataclasses import dataclass
@@ -437,65 +437,12 @@ def infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[Tuple[str, Dict[str, 
 
 
 # ----------------------------------------------------------------------------- reading
-def _safe_globals() -> list:
-    """Data-only classes allowed under ``weights_only=True`` (see the module docstring)."""
-    allowed: list = [argparse.Namespace]
-    try:
-        import numpy as np
-
-        try:
-            scalar = np._core.multiarray.scalar  # numpy >= 2
-        except AttributeError:  # pragma: no cover - numpy 1.x
-            scalar = np.core.multiarray.scalar
-        allowed += [scalar, np.dtype] + sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFD"}, key=str)
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        pass
-    return allowed
-
-
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-def _unsafe_globals(path: Path, err: BaseException) -> List[str]:
-    names = _UNSAFE_GLOBAL.findall(str(err))
-    try:  # all of them at once where torch can list them (zip checkpoints)
-        allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals()}
-        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in allowed] or names
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files: keep what the error message said
-        pass
-    return list(dict.fromkeys(names))
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {(lines[0] if lines else '')[:160]}"
-
-
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """``torch.load`` a file on the CPU with the weights-only policy of this module."""
-    path = Path(path)
-    if not path.exists():
-        raise ExcbError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise ExcbError(f"{path}: is a directory, expected a checkpoint file (.pth/.pt/.torch)")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged or foreign files
-        first_err = e
-    unsafe = _unsafe_globals(path, first_err)
-    if not trust_pickle:
-        if unsafe:
-            shown = ", ".join(unsafe[:5]) + (f" (+{len(unsafe) - 5} more)" if len(unsafe) > 5 else "")
-            raise ExcbError(f"{path}: loading needs a full unpickle of {shown}, which can execute code from the "
-                            f"file; if you trust it, pass trust_pickle=True (CLI: --trust-checkpoint)") from first_err
-        raise ExcbError(f"{path}: not a readable PyTorch checkpoint ({_first_line(first_err)}); the file is "
-                        f"truncated, corrupt or of another kind") from first_err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise ExcbError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)}); the file is truncated, "
-                        f"corrupt or of another kind") from e
+    """A checkpoint on the CPU, read by :func:`excb.safe_read.read_torch_file` (weights-only; a file
+    needing a full unpickle is refused, naming its globals, unless ``trust_pickle``)."""
+    from excb.safe_read import read_torch_file
+
+    return read_torch_file(path, trust=trust_pickle, what="PyTorch checkpoint")
 
 
 # ----------------------------------------------------------------------------- loading
