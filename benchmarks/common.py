@@ -182,14 +182,9 @@ class PixelBackbone(nn.Module):
 
 
 def _sha256_cached(path: Path) -> str:
-    try:
-        from excb_bench.pipeline import file_sha256  # cached by (path, size, mtime) across stages
+    from excb.io import sha256_file_cached  # cached by (path, size, mtime) across stages
 
-        return file_sha256(path)
-    except ImportError:  # pragma: no cover
-        from excb.io import sha256_file
-
-        return sha256_file(path)
+    return sha256_file_cached(path)
 
 
 def load_stage_backbone(cfg: Dict[str, Any], crop: int) -> Tuple[nn.Module, int, Dict[str, Any]]:
@@ -202,13 +197,15 @@ def load_stage_backbone(cfg: Dict[str, Any], crop: int) -> Tuple[nn.Module, int,
     ck = cfg.get("checkpoint")
     bb = cfg.get("backbone") or {}
     if ck:
+        from excb.zoo import resolve_checkpoint  # zoo:NAME -> cached file (+ the entry's format and arch)
+
+        ck, fmt, arch, zoo_rec = resolve_checkpoint(ck, cfg.get("format", "auto"), cfg.get("arch"))
         path = Path(ck)
         if not path.exists():
             raise ExcbError(f"checkpoint: file '{path}' not found; pass an existing checkpoint (or checkpoint=null for a random-init row)")
         from excb.checkpoint_formats import load_backbone  # lazy: the registry is heavy and optional here
 
-        kw: Dict[str, Any] = {"format": cfg.get("format", "auto"), "which": cfg.get("which", "teacher"),
-                              "arch": cfg.get("arch")}
+        kw: Dict[str, Any] = {"format": fmt, "which": cfg.get("which", "teacher"), "arch": arch}
         params = inspect.signature(load_backbone).parameters
         for name in ("trust_pickle", "trust_checkpoint", "trust"):   # tolerate a renamed keyword
             if name in params:
@@ -219,6 +216,9 @@ def load_stage_backbone(cfg: Dict[str, Any], crop: int) -> Tuple[nn.Module, int,
         rec = {"path": str(path), "sha256": _sha256_cached(path), "format": info.pop("format", cfg.get("format")),
                "arch": info.pop("arch", getattr(model, "arch", None))}
         rec.update({k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))})
+        rec["trusted_pickle"] = bool(cfg.get("trust_checkpoint", False))   # provenance: loaded with --trust-checkpoint
+        if zoo_rec:
+            rec["zoo"] = zoo_rec
         return model, int(dim), rec
     name = bb.get("name")
     kwargs = dict(bb.get("kwargs") or {})

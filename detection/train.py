@@ -356,17 +356,22 @@ def _convert(cfg: Mapping[str, Any], run_dir: Path) -> Tuple[str, Dict[str, Any]
             raise ExcbError(f"backbone.name: '{name}' has no Detectron2 ResNet counterpart; use resnet18/34/50/101")
         return "", {"path": None, "sha256": None, "format": "random-init", "arch": name,
                     "init": "Detectron2's own random initialisation"}, {"depth": depth}
+    from excb.zoo import resolve_checkpoint  # zoo:NAME -> cached file (+ the entry's format and arch)
+
+    ck, fmt, arch, zoo_rec = resolve_checkpoint(ck, cfg.get("format", "auto"), cfg.get("arch"))
     path = Path(ck)
     if not path.is_file():
         raise ExcbError(f"checkpoint: file '{path}' not found; pass an existing checkpoint (or checkpoint=null for a "
                         f"random-init row)")
     out = Path(run_dir) / "backbone_d2.pkl"
-    report, info = convert_checkpoint(path, out, format=cfg.get("format", "auto"), which=cfg.get("which", "teacher"),
-                                      arch=cfg.get("arch"), trust_pickle=bool(cfg.get("trust_checkpoint", False)))
+    report, info = convert_checkpoint(path, out, format=fmt, which=cfg.get("which", "teacher"),
+                                      arch=arch, trust_pickle=bool(cfg.get("trust_checkpoint", False)))
     rec = {"path": str(path), "sha256": info.get("sha256") or sha256_file(path), "format": info.get("format"),
            "which": info.get("which"), "arch": info.get("arch"), "converted": str(out),
-           "converted_sha256": sha256_file(out),
+           "converted_sha256": sha256_file(out), "trusted_pickle": bool(cfg.get("trust_checkpoint", False)),
            "conversion": {k: report[k] for k in ("n_in", "n_mapped", "dropped")}}
+    if zoo_rec:
+        rec["zoo"] = zoo_rec
     if not (report.get("arch_hint") or {}).get("depth"):
         raise ExcbError(f"{path}: converted a ResNet with {report['arch_hint']['blocks']} blocks per stage, which "
                         f"matches no Detectron2 depth (18/34/50/101/152)")

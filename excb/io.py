@@ -187,6 +187,19 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SHA_CACHE: Dict[tuple, str] = {}
+
+
+def sha256_file_cached(path: PathLike) -> str:
+    """:func:`sha256_file`, cached within the process by (resolved path, size, mtime): checkpoints are
+    large and read by many stages."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
 

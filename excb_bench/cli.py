@@ -31,6 +31,8 @@ OVERRIDE_HELP = "dotted key=value overrides of the config, e.g. epochs=200 optim
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    p.add_argument("--offline", action="store_true", help="zoo:NAME checkpoints only from the cache or "
+                                                          "EXCB_ZOO_MIRROR, never downloaded (= EXCB_OFFLINE=1)")
 
 
 def _add_stage_args(p: argparse.ArgumentParser, stage: str) -> None:
@@ -40,7 +42,8 @@ def _add_stage_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--run", help="a pipeline run directory: rerun this stage inside it (same as "
                                  "run-all --config <run>/config.yaml --only STAGE --force STAGE)")
     if stage not in ("leaderboard", "figures"):
-        p.add_argument("--checkpoint", help="backbone checkpoint (ours or third-party; see `excb-bench formats`)")
+        p.add_argument("--checkpoint", help="backbone checkpoint (ours or third-party; see `excb-bench formats`), "
+                                            "or zoo:NAME (see `excb-bench zoo list`)")
         p.add_argument("--format", default=None, help="checkpoint format (default auto-detect)")
         p.add_argument("--which", default=None, choices=["teacher", "student"], help="which network of a "
                                                                                   "teacher/student checkpoint (default teacher)")
@@ -96,13 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a third-party backbone; its rows join the leaderboard",
                        description="Run downstream stages on any checkpoint the format registry loads, inside a run "
                                    "directory (eval_<label>/), then refresh the leaderboard there.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or zoo:NAME (see `excb-bench zoo list`)")
     p.add_argument("--format", default="auto", help="checkpoint format (default auto; see `excb-bench formats`)")
     p.add_argument("--which", default="teacher", choices=["teacher", "student"])
     p.add_argument("--arch", help="backbone architecture if it cannot be inferred (e.g. resnet50)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (executes code from the file)")
     p.add_argument("--stages", default="knn,linear", help="comma-separated: knn,linear,semisup_1,semisup_10,detect")
-    p.add_argument("--label", help="row label in the tables (default: the file name)")
+    p.add_argument("--label", help="row label in the tables (default: the file name or zoo name); results are "
+                                   "kept in eval_<sha256 of the checkpoint>/, so the label is for display only")
     p.add_argument("--config", "-c", help="pipeline YAML whose stage sections are used (default: the demo pipeline)")
     p.add_argument("--output-dir", "-o", help="run directory (default: the pipeline's output_dir)")
     p.add_argument("overrides", nargs="*", help="stage overrides, e.g. knn.k=[20]")
@@ -222,17 +226,24 @@ def cmd_pretrain(args, argv: List[str]) -> int:
 
 
 def cmd_eval(args) -> int:
-    from excb.io import atomic_write_text
+    from excb.io import sha256_file_cached
+    from excb.zoo import is_zoo_ref, resolve_checkpoint, zoo_name
+    from excb_bench.eval_dirs import claim_eval_dir
     from excb_bench.pipeline import DEMO_PIPELINE, resolve_pipeline, run_pipeline
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    label = args.label or Path(args.checkpoint).stem
-    ck = Path(args.checkpoint)
-    if not ck.exists():
-        raise ExcbError(f"{ck}: checkpoint not found")
+    if is_zoo_ref(args.checkpoint):   # fetched (or found in the cache/mirror) now; stages keep the zoo: name
+        path, _, _, _ = resolve_checkpoint(args.checkpoint)
+        ck_value, label = args.checkpoint, args.label or zoo_name(args.checkpoint)
+        zoo = zoo_name(args.checkpoint)
+    else:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise ExcbError(f"{path}: checkpoint not found" + (" (is a directory)" if path.is_dir() else ""))
+        ck_value, label, zoo = str(path.resolve()), args.label or path.stem, None
     over = [f"stages={stages}"]
     for s in stages:
-        over += [f"{s}.checkpoint={ck.resolve()}", f"{s}.format={args.format}", f"{s}.which={args.which}"]
+        over += [f"{s}.checkpoint={ck_value}", f"{s}.format={args.format}", f"{s}.which={args.which}"]
     over += list(args.overrides)
     cfg = resolve_pipeline(args.config or DEMO_PIPELINE, over)
     if args.arch or args.trust_checkpoint:
@@ -241,10 +252,11 @@ def cmd_eval(args) -> int:
                 cfg[s]["arch"] = args.arch
             if args.trust_checkpoint and "trust_checkpoint" in cfg[s]:
                 cfg[s]["trust_checkpoint"] = True
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
     base = Path(args.output_dir or cfg["output_dir"])
-    run_dir = base / f"eval_{safe}"
-    atomic_write_text(run_dir / "label.txt", label + "\n")
+    # the folder is keyed by the checkpoint's content (and teacher/student); the label is for display
+    run_dir = claim_eval_dir(base, sha256_file_cached(path), label, which=args.which, checkpoint=str(args.checkpoint),
+                             zoo=zoo, trusted=bool(args.trust_checkpoint), explicit_label=bool(args.label))
+    print(f"[excb-bench] eval '{label}': {run_dir}")
     run_pipeline(cfg, run_dir)
     # refresh the tables of the enclosing run so the new rows appear beside ours
     board_cfg = resolve_pipeline(args.config or DEMO_PIPELINE, ["stages=[leaderboard]"])
@@ -273,11 +285,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "offline", False) is True:
+        os.environ["EXCB_OFFLINE"] = "1"   # read by excb.zoo here and in any process this one starts
     try:
         if args.command == "run-all":
             return cmd_run_all(args)
         if args.command == "pretrain":
-            return cmd_pretrain(args, [a for a in argv[1:] if a != "--debug"])
+            return cmd_pretrain(args, [a for a in argv[1:] if a not in ("--debug", "--offline")])
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "formats":

@@ -30,7 +30,8 @@ from excb import ExcbError
 from excb import distributed as D
 from excb.config import dump_yaml, load_yaml, merge_section, resolve_config, split_overrides
 from excb.data import DATA_DEFAULTS
-from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file, sha256_json
+from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file_cached, sha256_json
+from excb.zoo import is_zoo_ref, resolve_checkpoint
 from excb_bench.stages import STAGES, get_stage, stage_dir_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -218,29 +219,63 @@ class Manifest:
 
 
 # ----------------------------------------------------------------------------- stage inputs
-_SHA_CACHE: Dict[tuple, str] = {}
-
-
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file, cached by (path, size, mtime) — checkpoints are large and read by many stages."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = sha256_file(path)
-    return _SHA_CACHE[key]
+    return sha256_file_cached(path)
 
 
-def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    """What a stage's result depends on; its hash decides whether the stage reruns."""
+def _portable(value: Any, run_dir: Path) -> Any:
+    """A path inside the run directory spelled relative to it (``<run>/...``), so that moving or
+    copying the run, or giving ``-o`` as an absolute path, does not change a stage's input hash."""
+    if isinstance(value, (list, tuple)):
+        return [_portable(v, run_dir) for v in value]
+    if not isinstance(value, (str, Path)) or not str(value) or is_zoo_ref(value):
+        return value
+    try:
+        rel = Path(value).resolve().relative_to(run_dir.resolve())
+    except (ValueError, OSError):
+        return value
+    return "<run>" if str(rel) == "." else f"<run>/{rel.as_posix()}"
+
+
+def checkpoint_identity(ck: Any) -> Optional[Dict[str, Any]]:
+    """What a checkpoint *is*: its content hash (and zoo name), never its path's spelling.
+    ``zoo:NAME`` is resolved (fetched if needed) here; a missing file gives None."""
+    if not ck:
+        return None
+    if is_zoo_ref(ck):
+        path, _, _, rec = resolve_checkpoint(ck)
+        return {"sha256": file_sha256(path), "zoo": rec["name"], "path": str(path)}
+    if Path(ck).is_file():
+        return {"sha256": file_sha256(ck), "path": str(ck)}
+    return None
+
+
+def _hashed_config(scfg: Dict[str, Any]) -> Dict[str, Any]:
     # debug.* (fault injection), monitor.* (online k-NN, alarms: never touch the weights) and when a run
     # stops or checkpoints (excb.budget.RUN_CONTROL_KEYS) do not change what a finished stage means
     from excb.budget import RUN_CONTROL_KEYS
 
-    hashed = {k: v for k, v in scfg.items() if k not in ("debug", "monitor") + RUN_CONTROL_KEYS}
-    inputs: Dict[str, Any] = {"config": sha256_json(hashed)}
-    ck = scfg.get("checkpoint")
-    if ck and Path(ck).exists():
-        inputs["checkpoint"] = {"path": str(ck), "sha256": file_sha256(ck)}
+    return {k: v for k, v in scfg.items() if k not in ("debug", "monitor") + RUN_CONTROL_KEYS}
+
+
+def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """What a stage's result depends on; :func:`input_hash` of it decides whether the stage reruns.
+
+    Content, not spelling: the checkpoint enters by its sha256, paths inside the run directory
+    relative to it, summarised results by their relative names and hashes. ``paths`` only
+    documents where things were (it is not hashed)."""
+    hashed = _hashed_config(scfg)
+    inputs: Dict[str, Any] = {}
+    ident = checkpoint_identity(scfg.get("checkpoint"))
+    if ident:
+        inputs["checkpoint"] = {k: v for k, v in ident.items() if k != "path"}
+        inputs["paths"] = {"checkpoint": str(scfg["checkpoint"])}
+        hashed["checkpoint"] = inputs["checkpoint"]
+    for key in ("checkpoint", "runs", "run"):
+        if key in hashed and not isinstance(hashed[key], dict):
+            hashed[key] = _portable(hashed[key], run_dir)
+    inputs["config"] = sha256_json(hashed)
     if name in SUMMARY_STAGES:
         files = sorted(p for p in run_dir.glob("**/results.json")
                        if p.parent.name not in SUMMARY_STAGES and ".prev" not in str(p.relative_to(run_dir)))
@@ -249,6 +284,47 @@ def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, An
                       if p.exists()]
         inputs["files"] = {str(p.relative_to(run_dir)): file_sha256(p) for p in files}
     return inputs
+
+
+def input_hash(inputs: Dict[str, Any]) -> str:
+    return sha256_json({k: v for k, v in inputs.items() if k != "paths"})
+
+
+def _legacy_input_hash(scfg: Dict[str, Any], inputs: Dict[str, Any]) -> str:
+    """The hash manifests written before content-keyed inputs hold (path spelled in): a finished
+    stage of such a run is recognised as up to date instead of being recomputed once."""
+    legacy: Dict[str, Any] = {"config": sha256_json(_hashed_config(scfg))}
+    if "checkpoint" in inputs and "zoo" not in inputs["checkpoint"]:
+        legacy["checkpoint"] = {"path": str(scfg["checkpoint"]), "sha256": inputs["checkpoint"]["sha256"]}
+    if "files" in inputs:
+        legacy["files"] = inputs["files"]
+    return sha256_json(legacy)
+
+
+def check_pretrain_checkpoint(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: "Manifest",
+                              forced: bool) -> None:
+    """Refuse to evaluate this run's pretraining checkpoint if it changed after pretraining
+    finished (its sha256 is recorded in the manifest at completion), unless the stage is forced."""
+    ck = scfg.get("checkpoint")
+    pre = manifest.entry("pretrain")
+    recorded = pre.get("checkpoint_sha256") if pre.get("status") == "complete" else None
+    if not ck or not recorded or is_zoo_ref(ck) or not Path(ck).is_file():
+        return
+    own = run_dir / "pretrain" / "checkpoint.pth"
+    try:
+        if Path(ck).resolve() != own.resolve():
+            return
+    except OSError:
+        return
+    now = file_sha256(own)
+    if now == recorded:
+        return
+    msg = (f"{own}: changed after pretraining finished (sha256 {recorded[:16]}… recorded at completion, now "
+           f"{now[:16]}…)")
+    if not forced:
+        raise ExcbError(f"{msg}; refusing to evaluate a checkpoint pretraining did not produce — restore it, rerun "
+                        f"pretraining with --force pretrain, or evaluate this file anyway with --force {name}")
+    _say(f"warning: {msg}; evaluating it because --force {name} was given")
 
 
 def wire_stage(name: str, scfg: Dict[str, Any], run_dir: Path, pretrain_cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -313,9 +389,13 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     stage = get_stage(name)
     sdir = run_dir / stage_dir_name(name)
     scfg = wire_stage(name, scfg, run_dir, pretrain_cfg)
+    check_pretrain_checkpoint(name, scfg, run_dir, manifest, forced)
     inputs = stage_inputs(name, scfg, run_dir)
-    h = sha256_json(inputs)
+    h = input_hash(inputs)
     entry = manifest.entry(name)
+    if entry.get("input_hash") not in (None, h) and entry.get("input_hash") == _legacy_input_hash(scfg, inputs):
+        manifest.update(name, input_hash=h, inputs=inputs)   # same inputs, hashed the new way
+        entry = manifest.entry(name)
     done = entry.get("status") == "complete" and (sdir / "results.json").exists()
     if done and entry.get("input_hash") == h and not forced:
         _say(f"{name}: up to date, skipped (use --force {name} to rerun)")
@@ -334,7 +414,8 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     resumed = entry.get("status") in ("running", "failed", "collapsed") and entry.get("input_hash") == h
     _say(f"{name}: {'resuming' if resumed else 'running'} — {stage.summary}")
     manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,
-                    git_commit=git_commit(), versions=package_versions(), reason=None)
+                    git_commit=git_commit(), versions=package_versions(), reason=None,
+                    **({"checkpoint_sha256": None} if name == "pretrain" else {}))
     t0 = time.time()
     try:
         if D.is_main():
@@ -359,7 +440,10 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
         manifest.update(name, status="collapsed", end=time.time(), reason=alarm.get("symptom"))
         return "collapsed"
     outputs = sorted(str(p.relative_to(run_dir)) for p in sdir.rglob("*") if p.is_file())
-    manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - t0, outputs=outputs[:200])
+    extra: Dict[str, Any] = {}
+    if name == "pretrain" and (sdir / "checkpoint.pth").is_file():   # what later stages must evaluate
+        extra["checkpoint_sha256"] = file_sha256(sdir / "checkpoint.pth")
+    manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - t0, outputs=outputs[:200], **extra)
     return "complete"
 
 
