@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from excb import distributed as D
+from excb.finite import require_finite_rows
 from excb.io import atomic_torch_save, sha256_json
 from excb.safe_read import OWN_FILE_HINT, UnreadableFileError, read_torch_file
 
@@ -83,7 +84,18 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 256, num_worke
     if D.world_size() > 1:
         local_f = gather_shards(local_f, n)
         local_y = gather_shards(local_y, n)
+    # after the gather, so every rank raises alike (none is left waiting in a collective)
+    require_finite_rows(local_f, desc + _data_root(dataset), NONFINITE_HINT)
     return local_f, local_y
+
+
+NONFINITE_HINT = ("the backbone outputs NaN/Inf for these images (diverged or damaged weights, or an fp16 overflow: "
+                  "try amp=none); no result was written")
+
+
+def _data_root(dataset) -> str:
+    root = getattr(dataset, "root", None) or getattr(getattr(dataset, "base", None), "root", None)
+    return f" of {root}" if root else ""
 
 
 def _feature_dim(model, dataset, device, feature_fn, amp) -> int:
@@ -120,6 +132,7 @@ def cached_features(cache_dir: Optional[Path], key: Dict[str, Any], compute: Cal
             log(f"[excb-bench] {e}; recomputing")
             obj = None
         if _is_cache_record(obj, h):
+            require_finite_rows(obj["features"], f"feature cache {path}", "delete the file to recompute it")
             hit = (obj["features"], obj["labels"])
     # every rank must agree, or the ranks that miss would wait forever in the collectives
     if D.is_dist():

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from excb import ExcbError
 from excb import distributed as D
 from excb.config import require_positive
+from excb.finite import nonfinite_tensors, require_finite
 from excb.data import build_dataset
 from excb.io import JsonlLogger
 
@@ -304,9 +305,13 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         return stopped_result("linear", out["epoch"])
     last = out["history"][-1]
     val_acc = last["val"]
-    best_val = max(range(len(lrs)), key=lambda i: (val_acc[i][0], -i))
+    # a head whose weights diverged (lr too high) scores arbitrarily: it is never selected
+    ok = [i for i, h in enumerate(heads.heads) if not nonfinite_tensors(h.named_parameters())]
+    if not ok:
+        require_finite(heads.named_parameters(), "linear: every trained head", "lower lrs; no result was written")
+    best_val = max(ok, key=lambda i: (val_acc[i][0], -i))
     if ho_idx:
-        sel, how = max(range(len(lrs)), key=lambda i: (last["holdout"][i][0], -i)), "holdout"
+        sel, how = max(ok, key=lambda i: (last["holdout"][i][0], -i)), "holdout"
     elif len(lrs) == 1:
         sel, how = 0, "single-lr"
     else:
@@ -315,7 +320,8 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         "top1": val_acc[sel][0], "top5": val_acc[sel][1], "selected_lr": lrs[sel], "selection": how,
         "best_on_val": {"top1": val_acc[best_val][0], "top5": val_acc[best_val][1], "lr": lrs[best_val]},
         "per_lr": [{"lr": lrs[i], "val_top1": val_acc[i][0], "val_top5": val_acc[i][1],
-                    **({"holdout_top1": last["holdout"][i][0]} if ho_idx else {})} for i in range(len(lrs))],
+                    **({"holdout_top1": last["holdout"][i][0]} if ho_idx else {}),
+                    **({} if i in ok else {"diverged": True})} for i in range(len(lrs))],
         "epochs_done": out["epoch"], "units": "percent",
     }
     protocol = protocol_record(cfg, drop=("cache", "cache_dir", "extract_batch_size"))

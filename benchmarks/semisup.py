@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from excb import ExcbError
 from excb import distributed as D
 from excb.config import require_positive
+from excb.finite import require_finite
 from excb.data import build_dataset
 from excb.io import JsonlLogger, sha256_file
 
@@ -212,6 +213,9 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
             scaler.update()
             loss_sum += float(loss.detach()) * y.shape[0]
             n_seen += y.shape[0]
+        # a diverged epoch is not saved: the state of the last finite epoch stays on disk
+        require_finite(model.named_parameters(), f"{stage}: the fine-tuned model after epoch {epoch + 1} (loss "
+                       f"{loss_sum / max(n_seen, 1):.4g})", "lower backbone_lr / head_lr; no result was written")
         rec: Dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1),
                                "lr_backbone": cosine_lr(bb_lr, step, total), "lr_head": cosine_lr(head_lr, step, total)}
         if cfg["eval_every"] and (epoch + 1) % int(cfg["eval_every"]) == 0 and epoch + 1 < epochs:

@@ -45,6 +45,7 @@ from torch import nn
 
 from excb import ExcbError
 from excb.backbones import create_backbone
+from excb.finite import require_finite
 from excb.io import sha256_file
 
 StateDict = Dict[str, torch.Tensor]
@@ -446,6 +447,11 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
 
 
 # ----------------------------------------------------------------------------- loading
+def which_part(fmt: CheckpointFormat, obj: Any, which: str) -> str:
+    """How messages name the network read from a checkpoint ("teacher backbone" / "backbone")."""
+    return f"{which} backbone" if fmt.two_networks(obj) else "backbone"
+
+
 def _summarise(keys: List[str], limit: int = 8, group: bool = True) -> str:
     """``"N [a.{x,y}, b.z, ... (+M more)]"``: keys grouped by parent module, long lists cut."""
     keys = sorted(keys)
@@ -543,6 +549,9 @@ def load_backbone(path: str | Path, format: str = "auto", which: str = "teacher"
         if built is not None and built[0] != inferred[0]:
             raise ExcbError(f"{path}: the checkpoint holds a {inferred[0]} backbone but arch='{arch}' "
                             f"({built[0]}) was requested; drop --arch or pass the matching one")
+    # a diverged checkpoint embeds everything as NaN, and k-NN on NaN still "classifies" at chance
+    require_finite(((k, v) for k, v in sd.items() if not _CLASSIFIER.match(k)), f"{path}: {which_part(fmt, obj, which)}",
+                   "the weights diverged or the file is damaged; use an earlier checkpoint")
     allowed = _load_strict(model, sd, path, name, build_name)
     model.eval()
     info = {"path": str(path), "sha256": sha256_file(path), "format": name,
