@@ -400,20 +400,28 @@ def protocol_record(cfg: Mapping[str, Any], d2_over: Mapping[str, Any]) -> Dict[
     return out
 
 
+def _trained_config(cfg: Mapping[str, Any], run_dir: Path, num_classes: int, val_json: Path) -> Optional[Dict[str, Any]]:
+    """The config the model in ``run_dir/d2`` was trained with (None when evaluating a given
+    ``weights`` file or nothing is recorded); its class count must be the val file's."""
+    prev = run_dir / "config_d2.yaml"
+    if cfg.get("weights") or not prev.is_file():
+        return None
+    old = yaml.safe_load(prev.read_text(encoding="utf-8")) or {}
+    trained_n = get_key(old, "MODEL.ROI_HEADS.NUM_CLASSES")
+    if trained_n is not None and int(trained_n) != num_classes:
+        raise ExcbError(f"{prev}: the model in {run_dir / 'd2'} was trained for {trained_n} classes but {val_json} "
+                        f"has {num_classes} categories; evaluate it on the data set it was trained on")
+    return old
+
+
 def _eval_only_source(cfg: Mapping[str, Any], run_dir: Path, arch: Optional[Dict[str, Any]], num_classes: int,
                       val_json: Path) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Evaluating a finished model: its depth and class count are the ones it was trained
     with (``run_dir/config_d2.yaml``), and its row is the one of the checkpoint it was trained
     from (the previous results.json)."""
-    prev = run_dir / "config_d2.yaml"
-    if prev.is_file() and not cfg.get("weights"):
-        old = yaml.safe_load(prev.read_text(encoding="utf-8")) or {}
-        depth = get_key(old, "MODEL.RESNETS.DEPTH")
-        arch = {"depth": depth} if depth else arch
-        trained_n = get_key(old, "MODEL.ROI_HEADS.NUM_CLASSES")
-        if trained_n is not None and int(trained_n) != num_classes:
-            raise ExcbError(f"{prev}: the model in {run_dir / 'd2'} was trained for {trained_n} classes but {val_json} "
-                            f"has {num_classes} categories; evaluate it on the data set it was trained on")
+    old = _trained_config(cfg, run_dir, num_classes, val_json)
+    depth = get_key(old, "MODEL.RESNETS.DEPTH") if old else None
+    arch = {"depth": depth} if depth else arch
     trained_from = None
     if not cfg.get("weights") and (run_dir / "results.json").is_file():
         try:
@@ -444,6 +452,8 @@ def plan(cfg: Mapping[str, Any], run_dir: Path, *, world_size: int = 1, cuda: bo
     weights, ck_rec, arch = _convert(cfg, run_dir)
     if eval_only and not cfg.get("checkpoint"):
         ck_rec, arch = _eval_only_source(cfg, run_dir, arch, num_classes, paths["val_json"])
+    elif eval_only:
+        _trained_config(cfg, run_dir, num_classes, paths["val_json"])
     ck_rec["label"] = checkpoint_label(ck_rec, cfg.get("label"))
     tag = (ck_rec.get("sha256") or "init")[:10]
     datasets = (f"excb_{data_rec['name']}_train_{tag}", f"excb_{data_rec['name']}_val_{tag}")

@@ -64,6 +64,20 @@ def test_twenty_categories_set_num_classes_in_sorted_id_order(tmp_path):
         T.plan({"coco_root": str(root), "checkpoint": None, "num_classes": 80}, tmp_path / "run")
 
 
+def test_eval_only_refuses_a_model_trained_for_another_class_count(tmp_path):
+    """A model trained with 80 classes (e.g. before this check) is not evaluated on a
+    20-category val set: its heads would be skipped on load and the APs meaningless."""
+    root = _coco_set(tmp_path / "coco20")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config_d2.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 18\n  ROI_HEADS:\n    NUM_CLASSES: 80\n")
+    with pytest.raises(ExcbError, match=r"trained for 80 classes but .*instances_val2017\.json has 20 categories"):
+        T.plan({"coco_root": str(root), "eval_only": True, "checkpoint": None}, run_dir)
+    (run_dir / "config_d2.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 18\n  ROI_HEADS:\n    NUM_CLASSES: 20\n")
+    p = T.plan({"coco_root": str(root), "eval_only": True, "checkpoint": None}, run_dir)
+    assert p["overrides"]["MODEL"]["RESNETS"]["DEPTH"] == 18 and p["checkpoint"]["format"] == "detectron2-model"
+
+
 def test_refused_before_detectron2_and_training(tmp_path, monkeypatch):
     """The checks run before the Detectron2 import: nothing is trained with a wrong head."""
     _hide_detectron2(monkeypatch)
