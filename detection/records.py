@@ -33,8 +33,12 @@ def checkpoint_label(rec: Mapping[str, Any], explicit: Optional[str] = None) -> 
         return None
     if rec.get("trained_from") is not None:   # evaluation of a model this stage trained earlier
         return checkpoint_label(rec["trained_from"])
-    name = FORMAT_NAMES.get(str(fmt), str(fmt) if fmt else "unknown checkpoint")
+    zoo = rec.get("zoo") if isinstance(rec.get("zoo"), Mapping) else None
+    name = str(zoo["method"]) if zoo and zoo.get("method") else FORMAT_NAMES.get(str(fmt), str(fmt) if fmt else
+                                                                                "unknown checkpoint")
     parts = [name] + ([str(rec["arch"])] if rec.get("arch") else [])
+    if zoo and zoo.get("name"):   # a published checkpoint: its zoo name says which release
+        return " ".join(parts) + f" (zoo:{zoo['name']})"
     path = rec.get("path")
     return " ".join(parts) + (f" ({Path(path).name})" if path and fmt != "random-init" else "")
 

@@ -176,6 +176,9 @@ def test_checkpoint_labels():
     assert checkpoint_label({"format": "mocov2", "arch": "resnet50", "path": "m.pth.tar"}) == "MoCo v2 resnet50 (m.pth.tar)"
     assert checkpoint_label({"format": "random-init", "arch": "resnet50", "path": None}) == "Random init resnet50"
     assert checkpoint_label({"format": "torchvision", "arch": "resnet50", "path": "x.pth"}, "My R50") == "My R50"
+    zoo = {"format": "mocov2", "arch": "resnet50", "path": "/cache/zoo/moco_v2_800ep_pretrain.pth.tar",
+           "zoo": {"name": "mocov2_r50_800ep", "method": "MoCo v2"}}
+    assert checkpoint_label(zoo) == "MoCo v2 resnet50 (zoo:mocov2_r50_800ep)"
     # evaluating a model trained here keeps the row of the backbone it was trained from
     tv = {"format": "torchvision", "arch": "resnet18", "path": "tv.pth"}
     assert checkpoint_label({"format": "detectron2-model", "trained_from": tv}) == "torchvision resnet18 (tv.pth)"
