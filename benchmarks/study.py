@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from excb import ExcbError
+from excb.cluster_stats import get_stat
 from excb.io import atomic_write, atomic_write_json, atomic_write_text, package_versions, read_json, read_jsonl, sha256_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,14 +163,17 @@ def run_cell(cfg: Dict[str, Any], out_dir: Path, balancer: str, batch: int) -> D
     return {
         "balancer": balancer, "batch": batch, "cell": name, "steps": steps * int(ccfg["epochs"]),
         "images_seen": steps * batch * int(ccfg["epochs"]), "knn_top1": knn["knn_top1"],
-        "final_used_fraction": None if m.get("final_empty_fraction") is None else 1.0 - m["final_empty_fraction"],
-        "final_max_rel_size": m.get("final_max_rel_size"),
-        "last_epoch_clusters_used": m.get("clusters_used"), "last_epoch_cluster_size_max": m.get("cluster_size_max"),
-        "purity": m.get("final_purity", m.get("purity")), "loss": m.get("loss"),
+        # the final eval-mode pass and the last epoch's balanced training assignments (excb/cluster_stats.py)
+        "final_used_fraction": (None if get_stat(m, "final_pass_empty_fraction") is None
+                                else 1.0 - get_stat(m, "final_pass_empty_fraction")),
+        "final_max_rel_size": get_stat(m, "final_pass_max_size"),
+        "last_epoch_clusters_used": get_stat(m, "train_assign_used"),
+        "last_epoch_cluster_size_max": get_stat(m, "train_assign_size_max"),
+        "purity": get_stat(m, "final_pass_purity", m.get("purity")), "loss": m.get("loss"),
         "pretrain_wall_s": res.get("wall_s"), "cell_s": time.time() - t0,
         "curve": {"epoch": [r.get("epoch") for r in epochs],
-                  "cluster_size_max": [r.get("cluster_size_max") for r in epochs],
-                  "clusters_used": [r.get("clusters_used") for r in epochs]},
+                  "cluster_size_max": [get_stat(r, "train_assign_size_max") for r in epochs],
+                  "clusters_used": [get_stat(r, "train_assign_used") for r in epochs]},
     }
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from excb import ExcbError
 from excb import distributed as D
+from excb.cluster_stats import get_stat
 from excb.config import merge_section
 from excb.data import DATA_DEFAULTS, build_dataset
 
@@ -167,11 +168,11 @@ class CollapseDetector:
         K, out = self.K, {}
         # clusters a uniform assignment of this many rows would reach
         expected_used = K * (1.0 - (1.0 - 1.0 / K) ** self.rows_per_epoch)
-        used = ep.get("clusters_used")
+        used = get_stat(ep, "train_assign_used")
         if used is not None and used * K < 0.1 * expected_used:
             out["clusters"] = ("collapse", f"only {used * K:.0f} of {K} clusters used (a uniform assignment "
                                            f"reaches ~{expected_used:.0f})")
-        share = ep.get("cluster_size_max", 0.0) / K
+        share = get_stat(ep, "train_assign_size_max", 0.0) / K
         if share > max(0.1, 10.0 / K):
             out["largest"] = ("collapse", f"one cluster takes {100 * share:.0f} % of the images "
                                           f"(balanced: {100 / K:.2g} %)")

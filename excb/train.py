@@ -28,6 +28,7 @@ from excb.balancing import create_balancer
 from excb.budget import (BUDGET_DEFAULTS, StopRule, cluster_capacity_warning, epoch_spans, resume_step, rng_state,
                          run_epochs, set_rng_state, total_steps, validate_budget)
 from excb.cpu import tune_malloc
+from excb.cluster_stats import console_line, final_pass_line, renamed
 from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
 from excb.config import AllowFraction, require_positive
 from excb.data import DATA_DEFAULTS, build_dataset
@@ -258,9 +259,10 @@ class EpochStats:
             "loss": float(sums[0]) / D.world_size() / steps,
             "c_avg": float(sums[1]) / D.world_size() / steps,
             "agreement": float(sums[2]) / D.world_size() / steps,
-            "cluster_size_min": float(rel.min()),
-            "cluster_size_max": float(rel.max()),
-            "clusters_used": float((counts > 0).double().mean()),
+            # the balanced training assignments of the epoch (excb/cluster_stats.py names all three figures)
+            "train_assign_size_min": float(rel.min()),
+            "train_assign_size_max": float(rel.max()),
+            "train_assign_used": float((counts > 0).double().mean()),
             # agreement of two independent draws from these cluster sizes (the alarms' reference)
             "agreement_chance": float(((counts / counts.sum().clamp_min(1)) ** 2).sum()),
         }
@@ -357,7 +359,7 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
         if progress and (i % max(cfg["log_every"], 1) == 0 or i == end - 1):
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{schedules['lr'][it]:.3g}")
             logger.log({"kind": "step", "epoch": epoch + 1, "step": it, "loss": float(loss.detach()), **parts,
-                        "lr": float(schedules["lr"][it]), **balancer.stats()})
+                        "lr": float(schedules["lr"][it]), **renamed(balancer.stats())})
         if after_step is not None and after_step(it + 1, stats):
             break
     bar.close()
@@ -365,7 +367,7 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
     out = stats.summary()
     last = epoch * steps + i
     out.update({"lr": float(schedules["lr"][last]), "momentum": float(schedules["momentum"][last]),
-                "images_per_s": n_img * D.world_size() / max(dt, 1e-9), "epoch_s": dt, **balancer.stats()})
+                "images_per_s": n_img * D.world_size() / max(dt, 1e-9), "epoch_s": dt, **renamed(balancer.stats())})
     return out
 
 
@@ -553,8 +555,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
                 for k, v in ep.items():
                     tb.add_scalar(f"pretrain/{k}", v, epoch + 1)
             print(f"[excb] epoch {epoch + 1}/{cfg['epochs']}  " + "  ".join(
-                f"{k}={v:.4g}" for k, v in ep.items() if k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max",
-                                                               "agreement", "purity", "knn_top1", "images_per_s")))
+                f"{k}={v:.4g}" for k, v in ep.items() if k in ("loss", "c_avg", "agreement", "purity", "knn_top1"))
+                + "  " + console_line(ep) + f"  images_per_s={ep['images_per_s']:.4g}")
         D.barrier()
         if collapsed and step_done < total:
             stop_reason, stopped_early = "collapse", True
@@ -571,17 +573,19 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         counts, purity = final_cluster_pass(teacher, cfg, device)
         n = counts.sum()
         rel = counts * K / max(n, 1)
-        final = {"final_empty_fraction": float((counts == 0).mean()), "final_max_rel_size": float(rel.max()),
-                 "final_purity": purity}
+        final = {"final_pass_empty_fraction": float((counts == 0).mean()), "final_pass_max_size": float(rel.max()),
+                 "final_pass_purity": purity}
         if rank == 0:
             atomic_write(run_dir / "final_cluster_counts.npy", lambda f: np.save(f, counts))
+            print(f"[excb] {final_pass_line(final, step_done)}")
     last = history[-1] if history else {}
     results = {
         "stage": "pretrain",
         "status": ("collapsed" if collapsed else "stopped") if stopped_early else "complete",
         **({"stop_reason": stop_reason} if stopped_early else {}),
-        "metrics": {**{k: last.get(k) for k in ("loss", "c_avg", "cluster_size_min", "cluster_size_max", "agreement",
-                                               "purity", "clusters_used", "knn_top1", "knn_random_init")}, **final,
+        "metrics": {**{k: last.get(k) for k in ("loss", "c_avg", "train_assign_size_min", "train_assign_size_max",
+                                               "train_assign_used", "s_estimate_min", "s_estimate_max", "agreement",
+                                               "purity", "knn_top1", "knn_random_init")}, **final,
                     "epochs_done": _whole(step_done / spe), "steps_done": step_done},
         "protocol": cfg,
         "data": {"name": cfg["data"]["name"], "n_train": len(base), "n_val": None,

@@ -114,6 +114,6 @@ def test_two_rank_pretraining_under_torchrun(tmp_path):
     ck = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     s = ck["balancer"]["s"]
     assert s.sum().item() == pytest.approx(1.0, abs=1e-5) and not torch.equal(s, torch.full_like(s, 1 / 64))
-    # 2 steps x 64 images x 2 global views were counted: clusters_used > 0 from both ranks' rows
-    assert 0 < res["metrics"]["clusters_used"] <= 1
-    assert res["metrics"]["final_max_rel_size"] >= 1
+    # 2 steps x 64 images x 2 global views were counted: train_assign_used > 0 from both ranks' rows
+    assert 0 < res["metrics"]["train_assign_used"] <= 1
+    assert res["metrics"]["final_pass_max_size"] >= 1

@@ -32,9 +32,9 @@ def test_epoch_statistics_by_hand():
     # agreement: step 1 3/4 of samples agree, step 2 3/4 -> 0.75
     assert out["agreement"] == pytest.approx(0.75)
     # counts over the epoch: cluster 0: 2+7, 1: 2+1, 2: 1, 3: 3 -> 16 rows; relative = count·K/16
-    assert out["cluster_size_max"] == pytest.approx(9 * 4 / 16)
-    assert out["cluster_size_min"] == pytest.approx(1 * 4 / 16)
-    assert out["clusters_used"] == 1.0
+    assert out["train_assign_size_max"] == pytest.approx(9 * 4 / 16)
+    assert out["train_assign_size_min"] == pytest.approx(1 * 4 / 16)
+    assert out["train_assign_used"] == 1.0
     # purity on view 0: clusters {0: labels 0,1,1,1,1 -> 4}, {1: 0 -> 1}, {2: 1}, {3: 1} -> 7/8
     assert out["purity"] == pytest.approx(7 / 8)
     rng = torch.Generator().manual_seed(0)
@@ -103,11 +103,11 @@ def test_outputs_and_epoch_stats(runs):
     epochs = [r for r in read_jsonl(a / "log.jsonl") if r.get("kind") == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     for r in epochs:
-        for key in ("loss", "c_avg", "agreement", "cluster_size_min", "cluster_size_max", "clusters_used", "purity",
-                    "lr", "momentum", "images_per_s", "s_min_rel", "s_max_rel"):
+        for key in ("loss", "c_avg", "agreement", "train_assign_size_min", "train_assign_size_max", "train_assign_used",
+                    "purity", "lr", "momentum", "images_per_s", "s_estimate_min", "s_estimate_max"):
             assert key in r, key
         assert 0 < r["c_avg"] <= 1 and 0 <= r["agreement"] <= 1 and 0 < r["purity"] <= 1
-        assert r["cluster_size_min"] <= 1 <= r["cluster_size_max"]
+        assert r["train_assign_size_min"] <= 1 <= r["train_assign_size_max"]
     steps = [r for r in read_jsonl(a / "log.jsonl") if r.get("kind") == "step"]
     assert len(steps) == 4 and all(r["loss"] > 0 for r in steps)
 
@@ -172,14 +172,14 @@ def _last_epoch(run: Path) -> dict:
 def test_without_balancing_the_teacher_collapses(tmp_path):
     train(make_tiny_config(**{"balancer.name": "none"}, **COLLAPSE), tmp_path)
     last = _last_epoch(tmp_path)
-    assert last["cluster_size_max"] >= 12, last     # one cluster holds >= 12x its share
-    assert last["clusters_used"] <= 0.4, last       # most of the 64 clusters are empty
+    assert last["train_assign_size_max"] >= 12, last     # one cluster holds >= 12x its share
+    assert last["train_assign_used"] <= 0.4, last       # most of the 64 clusters are empty
 
 
 def test_excb_keeps_clusters_balanced(tmp_path):
     train(make_tiny_config(**{"balancer.name": "excb", "balancer.momentum": 0.9}, **COLLAPSE), tmp_path)
     first = [r for r in read_jsonl(tmp_path / "log.jsonl") if r.get("kind") == "epoch"][0]
     last = _last_epoch(tmp_path)
-    assert last["cluster_size_max"] <= 8, last
-    assert last["clusters_used"] >= 0.75, last
-    assert first["s_max_rel"] > 1.05  # s did adapt (the balancing was active, not a lucky init)
+    assert last["train_assign_size_max"] <= 8, last
+    assert last["train_assign_used"] >= 0.75, last
+    assert first["s_estimate_max"] > 1.05  # s did adapt (the balancing was active, not a lucky init)
