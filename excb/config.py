@@ -120,6 +120,8 @@ def _plain_numbers(cfg: Any) -> Any:
 
 
 def _type_name(v: Any) -> str:
+    if isinstance(v, AllowFraction):
+        return "int or float"
     return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}.get(type(v), type(v).__name__)
 
 
