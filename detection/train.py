@@ -295,7 +295,7 @@ def _resolve_dataset(cfg: Mapping[str, Any]) -> str:
         raise ExcbError(f"dataset: unknown value '{ds}'; use coco, synthetic or auto")
     if ds == "synthetic" and cfg.get("coco_root"):
         raise ExcbError(f"coco_root: '{cfg['coco_root']}' is given but dataset=synthetic would ignore it; use "
-                        f"dataset=auto (or coco) to train on that COCO-format set, or drop --coco for the generated one")
+                        f"dataset=coco (or auto, or the --coco flag) to train on that COCO-format set, or drop coco_root for the generated one")
     return ds
 
 
@@ -504,7 +504,8 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     base = detectron2_config_file()
     p = plan(cfg, run_dir, world_size=world, cuda=cuda, base_config=base)
-    if not cfg["eval_only"] and cfg["resume"] and int(cfg["machine_rank"]) == 0:
+    # one machine only: on several, the other machines would wait for machine 0 at the rendezvous
+    if not cfg["eval_only"] and cfg["resume"] and int(cfg["num_machines"]) == 1:
         done = finished_result(run_dir, p["fingerprint"])
         if done is not None:
             print(f"[excb-bench] detect: {run_dir / 'results.json'} already holds this run (same inputs, finished); "
