@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -145,8 +146,13 @@ def cmd_run_all(args) -> int:
     path = args.config or DEMO_PIPELINE
     cfg = resolve_pipeline(path, args.overrides)
     run_dir = Path(args.output_dir or cfg["output_dir"])
+    t0 = time.time()
     statuses = run_pipeline(cfg, run_dir, only=args.only, force=args.force, from_stage=args.from_stage)
     print("[excb-bench] " + ", ".join(f"{k}: {v}" for k, v in statuses.items()))
+    from excb_bench.pipeline import Manifest
+    from excb_bench.run_summary import stage_times_table
+
+    print(stage_times_table(statuses, Manifest(run_dir).data, time.time() - t0))
     board = run_dir / "leaderboard" / "leaderboard.md"
     if "leaderboard" in cfg["stages"] and board.exists():
         print()

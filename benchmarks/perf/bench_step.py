@@ -44,6 +44,15 @@ def make_cfg(s: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
+def settings_from_cfg(cfg: Dict[str, Any], steps: int = 1) -> Dict[str, Any]:
+    """Benchmark settings (``FULL``'s keys) read from a resolved pretraining config."""
+    a, h = cfg["augment"], cfg["head"]
+    return {"backbone": cfg["backbone"]["name"], "batch": cfg["batch_size"], "global_size": a["global_size"],
+            "local_size": a["local_size"], "n_global": a["n_global"], "n_local": a["n_local"],
+            "K": cfg["centroids"]["K"], "hidden_dim": h["hidden_dim"], "out_dim": h["out_dim"],
+            "balancer": cfg["balancer"]["name"], "steps": steps}
+
+
 def make_views(s: Dict[str, Any], seed: int = 0) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     b = s["batch"]
@@ -54,16 +63,19 @@ def make_views(s: Dict[str, Any], seed: int = 0) -> List[torch.Tensor]:
 class StepSetup:
     """Models, balancer, optimiser and a fixed batch for repeated ExCB steps."""
 
-    def __init__(self, s: Dict[str, Any]):
+    def __init__(self, s: Dict[str, Any], cfg: Dict[str, Any] | None = None):
+        """``cfg``: a resolved pretraining config to use instead of ``make_cfg(s)`` (``s`` must agree
+        with it on batch, view sizes/counts, K and steps; ``settings_from_cfg`` derives it)."""
         from excb.balancing import create_balancer
         from excb.io import JsonlLogger
         from excb.model import build_models
-        from excb.train import build_optimizer, build_schedules
+        from excb.train import build_optimizer, build_schedules, place_models
 
         torch.manual_seed(0)
         self.s = s
-        self.cfg = cfg = make_cfg(s)
+        self.cfg = cfg = copy.deepcopy(cfg) if cfg is not None else make_cfg(s)
         self.student, self.teacher = build_models(cfg["backbone"], cfg["head"], s["K"])
+        place_models(self.student, self.teacher, cfg, torch.device("cpu"))   # the training memory format
         self.teacher.load_state_dict({k: v for k, v in self.student.state_dict().items()
                                       if not k.startswith("predictor.")})
         b = cfg["balancer"]
