@@ -253,15 +253,18 @@ class EpochStats:
                 "labels": D.all_gather_cat(torch.cat(self.labels)).cpu() if self.labels else empty}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        """Continue an epoch from a checkpoint: rank 0 holds the totals so far, the others start at zero."""
-        if D.rank() != 0:
-            return
+        """Continue an epoch from a checkpoint: rank 0 holds the summed totals so far, and every rank
+        an equal slice of the saved assignments (the gather at the epoch's end needs equal shapes;
+        the rows seen so far are steps x batch, divisible by any world size the batch allows)."""
         dev = self.counts.device
-        self.counts += state["counts"].to(dev, torch.float64)
-        self.sums += state["sums"].to(dev, torch.float64)
-        if len(state["assign1"]):
-            self.assign1.append(state["assign1"].to(dev))
-            self.labels.append(state["labels"].to(dev))
+        if D.rank() == 0:
+            self.counts += state["counts"].to(dev, torch.float64)
+            self.sums += state["sums"].to(dev, torch.float64)
+        n = len(state["assign1"]) // D.world_size()
+        if n:
+            part = slice(D.rank() * n, (D.rank() + 1) * n)
+            self.assign1.append(state["assign1"][part].to(dev))
+            self.labels.append(state["labels"][part].to(dev))
 
     def summary(self) -> Dict[str, float]:
         sums = D.all_reduce_sum(self.sums.clone())
@@ -514,6 +517,9 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
         nonlocal stop_reason, step_done
         step_done = step
         stop_reason = rule.stop_reason(step_done)
+        if rule.time_budget_s and world > 1:   # each rank reads its own clock: stop together or not at all
+            anyone = D.all_reduce_sum(torch.tensor([1.0 if stop_reason else 0.0], device=device))
+            stop_reason = stop_reason or ("time_budget" if float(anyone) > 0 else None)
         if step_done % spe == 0 or step_done >= total:
             return stop_reason is not None   # the epoch ends here anyway: its own checkpoint follows
         if stop_reason or rule.save_due(step_done):

@@ -170,3 +170,37 @@ def test_sigkill_after_a_step_checkpoint_resumes_exactly(reference, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"step {step_at_kill}" in r.stdout
     _same_run(ref, out)
+
+
+def _torchrun(out: Path, extra) -> subprocess.CompletedProcess:
+    import json
+
+    from tiny_helpers import TINY_OVERRIDES, free_port
+    from excb.config import flatten
+
+    flat = flatten({**TINY_OVERRIDES, "data": {"name": "demo", "limit_train": 128}, "batch_size": 32,
+                    "epochs": 1.5, "final_pass": False})
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flat.items()] + list(extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "excb", "-o", str(out), *overrides]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow  # three 2-rank torchrun launches: ~2-3 min wall on a busy 2-core machine
+def test_two_ranks_stop_together_on_the_time_budget_and_resume_exactly(tmp_path):
+    """Under DDP each rank reads its own clock; the stop is agreed (no rank left waiting in a
+    collective), the mid-epoch checkpoint holds both ranks' statistics, and the resumed run equals
+    an uninterrupted 2-rank run."""
+    import json
+
+    _torchrun(tmp_path / "ref", [])
+    _torchrun(tmp_path / "run", ["time_budget=0.001"])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "stopped" and res["stop_reason"] == "time_budget" and res["metrics"]["steps_done"] == 1
+    ck = _ck(tmp_path / "run")
+    # 1 step x 2 ranks x 16 images x 2 global views, all in rank 0's saved counts
+    assert ck["step"] == 1 and ck["epoch_stats"]["counts"].sum() == 64 and len(ck["epoch_stats"]["assign1"]) == 32
+    _torchrun(tmp_path / "run", [])
+    _same_run(tmp_path / "ref", tmp_path / "run")
