@@ -377,6 +377,12 @@ def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequ
                 _say(f"{name}: not run — pretraining stopped on a collapse alarm (see pretrain/log.jsonl)")
                 statuses[name] = "blocked"
                 continue
+            if statuses.get("pretrain") == "stopped" and get_stage(name).uses_checkpoint:
+                # time_budget / stop_after_*: the checkpoint is mid-schedule; evaluating it would be redone
+                _say(f"{name}: not run — pretraining stopped before the end of its schedule (time_budget or "
+                     f"stop_after_*); rerun the same command to continue it")
+                statuses[name] = "waiting"
+                continue
             statuses[name] = _run_one(name, cfg[name], run_dir, manifest, pretrain_cfg, name in forced)
         return statuses
     finally:
