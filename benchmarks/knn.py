@@ -18,7 +18,7 @@ import torch
 from excb import ExcbError
 from excb import distributed as D
 from excb.config import require_positive
-from excb.data import build_dataset
+from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger
 
 from benchmarks.common import (checkpoint_key, data_record, load_stage_backbone, protocol_record,
@@ -50,16 +50,25 @@ def knn_counts(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tenso
                             dtype=torch.float64) for k, p in preds.items()}
 
 
+def validate(cfg: Dict[str, Any], source: str = "knn") -> None:
+    """The values this stage refuses, checked before anything runs (the pipeline calls it first)."""
+    require_positive(cfg, ["batch_size", "query_chunk", "resize", "crop", "temperature"], source)
+    k_list = [int(k) for k in cfg["k"]]
+    if not k_list or min(k_list) < 1:
+        raise ExcbError(f"{source}: key 'k' must be a non-empty list of positive integers, got {cfg['k']!r}")
+    if cfg["headline_k"] not in k_list:
+        raise ExcbError(f"{source}: key 'headline_k' ({cfg['headline_k']}) must be one of k={k_list}")
+    if cfg["bank_dtype"] not in ("auto", "float16", "float32"):
+        raise ExcbError(f"{source}: key 'bank_dtype' must be auto, float16 or float32, got {cfg['bank_dtype']!r}")
+    validate_data(cfg.get("data") or {}, source)
+
+
 def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """The k-NN stage: extract (or reuse) train/val features, vote, write results.json."""
     t0 = time.time()
     run_dir = Path(run_dir)
-    require_positive(cfg, ["batch_size", "query_chunk", "resize", "crop", "temperature"], "knn")
+    validate(cfg)
     k_list = [int(k) for k in cfg["k"]]
-    if not k_list or min(k_list) < 1:
-        raise ExcbError(f"knn: key 'k' must be a non-empty list of positive integers, got {cfg['k']!r}")
-    if cfg["headline_k"] not in k_list:
-        raise ExcbError(f"knn: key 'headline_k' ({cfg['headline_k']}) must be one of k={k_list}")
     device = select_device(cfg)
     # features travel, are cached and are searched in this dtype: fp16 halves the 1.28M x 2048 bank
     bank_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,

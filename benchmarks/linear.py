@@ -30,7 +30,7 @@ from excb import ExcbError
 from excb import distributed as D
 from excb.config import require_positive
 from excb.finite import nonfinite_tensors, require_finite
-from excb.data import build_dataset
+from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger
 
 from benchmarks.common import (EpochState, all_reduce_grads, autocast, checkpoint_key, data_record, epoch_seed,
@@ -218,15 +218,26 @@ def train_heads(heads: LinearHeads, lrs: Sequence[float], cfg: Dict[str, Any], n
     return {"stopped": False, "epoch": epochs, "history": history}
 
 
+def validate(cfg: Dict[str, Any], source: str = "linear") -> None:
+    """The values this stage refuses, checked before anything runs (the pipeline calls it first)."""
+    require_positive(cfg, ["epochs", "batch_size", "resize", "crop", "extract_batch_size", "n_last_blocks"], source)
+    if cfg["mode"] not in ("augment", "cached-features"):
+        raise ExcbError(f"{source}: key 'mode' must be augment or cached-features, got {cfg['mode']!r}")
+    lrs = cfg["lrs"]
+    if not lrs or min(float(x) for x in lrs) <= 0:
+        raise ExcbError(f"{source}: key 'lrs' must be a non-empty list of positive learning rates, got {lrs!r}")
+    if cfg["feature"] != "auto" and cfg["feature"] not in FEATURES:
+        raise ExcbError(f"{source}: key 'feature' must be auto or one of {sorted(FEATURES)}, got {cfg['feature']!r}")
+    if not 0 <= float(cfg["holdout_fraction"]) < 1:
+        raise ExcbError(f"{source}: key 'holdout_fraction' must be in [0, 1), got {cfg['holdout_fraction']!r}")
+    validate_data(cfg.get("data") or {}, source)
+
+
 def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     t0 = time.time()
     run_dir = Path(run_dir)
-    require_positive(cfg, ["epochs", "batch_size", "resize", "crop", "extract_batch_size"], "linear")
-    if cfg["mode"] not in ("augment", "cached-features"):
-        raise ExcbError(f"linear: key 'mode' must be augment or cached-features, got {cfg['mode']!r}")
+    validate(cfg)
     lrs_base = [float(x) for x in cfg["lrs"]]
-    if not lrs_base or min(lrs_base) <= 0:
-        raise ExcbError(f"linear: key 'lrs' must be a non-empty list of positive learning rates, got {cfg['lrs']!r}")
     seed = int(cfg["seed"])
     seed_everything(seed)
     device = select_device(cfg)

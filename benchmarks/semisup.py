@@ -24,7 +24,7 @@ from excb import ExcbError
 from excb import distributed as D
 from excb.config import require_positive
 from excb.finite import require_finite
-from excb.data import build_dataset
+from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger, sha256_file
 
 from benchmarks.common import (EpochState, autocast, data_record, epoch_seed, load_stage_backbone, progress,
@@ -115,10 +115,18 @@ def choose_subset(cfg: Dict[str, Any], train) -> Tuple[List[int], Dict[str, Any]
     return idx, {"source": "balanced", "per_class": per, "subset_seed": int(cfg["subset_seed"])}
 
 
+def validate(cfg: Dict[str, Any], source: str = "semisup") -> None:
+    """The values this stage refuses, checked before anything runs (the pipeline calls it first)."""
+    require_positive(cfg, ["percent", "epochs", "batch_size", "resize", "crop", "extract_batch_size"], source)
+    learning_rates(cfg)
+    expected_lines(cfg, 0)
+    validate_data(cfg.get("data") or {}, source)
+
+
 def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     t0 = time.time()
     run_dir = Path(run_dir)
-    require_positive(cfg, ["percent", "epochs", "batch_size", "resize", "crop", "extract_batch_size"], "semisup")
+    validate(cfg)
     seed = int(cfg["seed"])
     stage = f"semisup_{cfg['percent']}"
     bb_lr, head_lr = learning_rates(cfg)

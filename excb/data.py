@@ -223,6 +223,21 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, transform: Optional[Call
     raise ExcbError(f"data.name: unknown data set '{name}'; use 'demo' or 'imagefolder'")
 
 
+def validate_data(data_cfg: Dict[str, Any], source: str = "config") -> None:
+    """Refuse a bad ``data`` section before anything runs (values only: folders are checked when read)."""
+    cfg = {**DATA_DEFAULTS, **(data_cfg or {})}
+    if cfg["name"] not in ("demo", "imagefolder"):
+        raise ExcbError(f"{source}: key 'data.name' must be 'demo' or 'imagefolder', got {cfg['name']!r}")
+    if cfg["name"] == "imagefolder" and not cfg.get("root"):
+        raise ExcbError(f"{source}: key 'data.root' is required when data.name=imagefolder (a folder holding "
+                        f"train/ and val/)")
+    if cfg["on_error"] not in ("raise", "skip"):
+        raise ExcbError(f"{source}: key 'data.on_error' must be 'raise' or 'skip', got {cfg['on_error']!r}")
+    for key in ("limit_train", "limit_val"):
+        if int(cfg.get(key) or 0) < 0:
+            raise ExcbError(f"{source}: key 'data.{key}' must be >= 0 (0 = all), got {cfg[key]!r}")
+
+
 def image_size_of(data_cfg: Dict[str, Any]) -> int:
     """Native image side of a data set (28 for the demo, 224 assumed for ImageFolder)."""
     return 28 if (data_cfg or {}).get("name", "demo") == "demo" else 224

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from excb import ExcbError
 from excb import distributed as D
 from excb.config import dump_yaml, load_yaml, merge_section, resolve_config, split_overrides
-from excb.data import DATA_DEFAULTS
+from excb.data import DATA_DEFAULTS, validate_data
 from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file_cached, sha256_json
 from excb.zoo import is_zoo_ref, resolve_checkpoint
 from excb_bench.stages import STAGES, get_stage, stage_dir_name
@@ -217,6 +217,11 @@ class Manifest:
         if D.is_main():
             atomic_write_json(self.path, self.data)
 
+    def replace(self, stage: str, entry: Dict[str, Any]) -> None:
+        self.data["stages"][stage] = entry
+        if D.is_main():
+            atomic_write_json(self.path, self.data)
+
 
 # ----------------------------------------------------------------------------- stage inputs
 def file_sha256(path: str | Path) -> str:
@@ -278,7 +283,8 @@ def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, An
     inputs["config"] = sha256_json(hashed)
     if name in SUMMARY_STAGES:
         files = sorted(p for p in run_dir.glob("**/results.json")
-                       if p.parent.name not in SUMMARY_STAGES and ".prev" not in str(p.relative_to(run_dir)))
+                       if p.parent.name not in SUMMARY_STAGES
+                       and not any(t in str(p.relative_to(run_dir)) for t in (".prev", _PARTIAL)))
         if name == "figures":
             files += [p for p in (run_dir / "pretrain" / "log.jsonl", run_dir / "pretrain" / "final_cluster_counts.npy")
                       if p.exists()]
@@ -357,6 +363,7 @@ def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequ
     for s in list(only) + list(force) + ([from_stage] if from_stage else []):
         if s not in cfg["stages"]:
             raise ExcbError(f"stage '{s}' is not in this pipeline (stages: {', '.join(cfg['stages'])})")
+    validate_stages(cfg, [n for n in cfg["stages"] if not only or n in only])   # before anything is touched
     D.init_from_env()
     lock = RunLock(run_dir) if D.is_main() else None
     if lock:
@@ -390,6 +397,62 @@ def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequ
             lock.__exit__(None, None, None)
 
 
+def validate_stages(cfg: Dict[str, Any], names: Sequence[str]) -> None:
+    """Every stage's value checks, run before any stage does: a bad ``linear.epochs=0`` fails at once,
+    not after hours of pretraining, and before any folder is created or moved."""
+    for name in names:
+        scfg = cfg[name]
+        if isinstance(scfg.get("data"), dict):
+            validate_data(scfg["data"], name)
+        check = get_stage(name).validator()
+        if check is not None:
+            check(scfg, name)
+
+
+_PARTIAL = ".partial"   # an unfinished stage folder made with other inputs
+
+
+def _has_training_state(sdir: Path) -> bool:
+    return any((sdir / n).exists() for n in ("checkpoint.pth", "checkpoint_prev.pth", "checkpoint.pth.next"))
+
+
+def _restore_previous(name: str, sdir: Path, h: str, manifest: "Manifest") -> bool:
+    """Bring back ``<stage>.prev`` when it holds the finished outputs of exactly these inputs (a run with
+    other inputs was tried since and did not finish): nothing is recomputed."""
+    entry = manifest.entry(name)
+    prev_entry = entry.get("prev") or {}
+    prev = sdir.with_name(sdir.name + ".prev")
+    if entry.get("status") == "complete" or prev_entry.get("input_hash") != h or not (prev / "results.json").exists():
+        return False
+    if D.is_main():
+        if sdir.exists():
+            partial = sdir.with_name(sdir.name + _PARTIAL)
+            shutil.rmtree(partial, ignore_errors=True)
+            os.replace(sdir, partial)
+        os.replace(prev, sdir)
+    D.barrier()
+    manifest.replace(name, prev_entry)
+    _say(f"{name}: restored the finished outputs of these inputs from {sdir.name}.prev (the unfinished attempt "
+         f"with other inputs is in {sdir.name}{_PARTIAL})")
+    return True
+
+
+def _move_aside(name: str, sdir: Path, manifest: "Manifest") -> None:
+    """Finished outputs go to ``<stage>.prev`` (and are remembered, so :func:`_restore_previous` can bring
+    them back); an unfinished folder goes to ``<stage>.partial``, never over a finished ``.prev``."""
+    entry = manifest.entry(name)
+    finished = entry.get("status") == "complete" and (sdir / "results.json").exists()
+    target = sdir.with_name(sdir.name + (".prev" if finished else _PARTIAL))
+    if D.is_main():
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(sdir, target)
+    D.barrier()
+    if finished:
+        manifest.update(name, prev={k: v for k, v in entry.items() if k != "prev"})
+    _say(f"{name}: inputs changed or forced; previous {'outputs' if finished else 'unfinished attempt'} "
+         f"moved to {target.name}")
+
+
 def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
              pretrain_cfg: Optional[Dict[str, Any]], forced: bool) -> str:
     stage = get_stage(name)
@@ -406,17 +469,14 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     if done and entry.get("input_hash") == h and not forced:
         _say(f"{name}: up to date, skipped (use --force {name} to rerun)")
         return "up-to-date"
+    if not forced and _restore_previous(name, sdir, h, manifest):
+        return "up-to-date"
     if sdir.exists() and (forced or (entry.get("input_hash") not in (None, h))):
-        if name == "pretrain" and not forced:
+        if name == "pretrain" and not forced and _has_training_state(sdir):
             raise ExcbError(f"{sdir}: the pretraining config changed since this run was made; rerun with "
                             f"--force pretrain to start over (the old run is kept as pretrain.prev), "
                             f"or use another --output-dir")
-        if D.is_main():
-            prev = sdir.with_name(sdir.name + ".prev")
-            shutil.rmtree(prev, ignore_errors=True)
-            os.replace(sdir, prev)
-        D.barrier()
-        _say(f"{name}: inputs changed or forced; previous outputs moved to {sdir.name}.prev")
+        _move_aside(name, sdir, manifest)
     resumed = entry.get("status") in ("running", "failed", "collapsed") and entry.get("input_hash") == h
     _say(f"{name}: {'resuming' if resumed else 'running'} — {stage.summary}")
     manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,

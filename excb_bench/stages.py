@@ -21,6 +21,10 @@ class Stage:
     uses_checkpoint: bool = True
     summary: str = ""
     fixed: Dict[str, Any] = field(default_factory=dict)   # config keys the stage always sets
+    validate_attr: str = "validate"   # validate(cfg, source): checked for every stage before any runs
+
+    def validator(self) -> Optional[Callable[..., None]]:
+        return getattr(self.load(), self.validate_attr, None)
 
     def load(self):
         return importlib.import_module(self.module)
@@ -46,6 +50,7 @@ def register(stage: Stage) -> Stage:
 
 
 register(Stage("pretrain", "excb.train", run_attr="train", defaults_attr="PRETRAIN_DEFAULTS", uses_checkpoint=False,
+               validate_attr="validate_config",
                summary="ExCB pretraining (SPEC sections 1-5)"))
 register(Stage("knn", "benchmarks.knn", summary="20-NN weighted vote on frozen features (DINO protocol)"))
 register(Stage("linear", "benchmarks.linear", summary="linear probe on the frozen backbone"))
