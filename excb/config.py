@@ -66,10 +66,20 @@ def load_yaml(path: str | Path, _seen: Optional[List[Path]] = None) -> Config:
     if path.resolve() in seen:
         raise ExcbError(f"{path}: _base_ cycle ({' -> '.join(str(p) for p in seen)})")
     seen.append(path.resolve())
+    if path.is_dir():
+        raise ExcbError(f"{path}: is a directory; pass a YAML file (e.g. one from configs/)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ExcbError(f"{path}: not a text file (byte {e.start} is not UTF-8); pass a YAML config file") from e
+    except OSError as e:
+        raise ExcbError(f"{path}: cannot read config file ({e.strerror or e})") from e
+    if "\x00" in text:
+        raise ExcbError(f"{path}: not a text file (it holds NUL bytes); pass a YAML config file")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ExcbError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise ExcbError(f"{_yaml_where(path, e)}: not valid YAML ({_yaml_problem(e)})") from e
     if not isinstance(data, dict):
         raise ExcbError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
     base = data.pop("_base_", None)
@@ -77,6 +87,18 @@ def load_yaml(path: str | Path, _seen: Optional[List[Path]] = None) -> Config:
         parent = load_yaml(path.parent / base, seen)
         data = deep_update(parent, data)
     return data
+
+
+def _yaml_where(path: Path, e: "yaml.YAMLError") -> str:
+    """``file:line:column`` of a YAML error (1-based, like editors show them)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(e: "yaml.YAMLError") -> str:
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+    return " ".join(text.split())
 
 
 def parse_override(item: str) -> tuple:
@@ -159,39 +181,43 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
                     f"got {_type_name(value)} {value!r}")
 
 
-def _suggest(key: str, valid: Iterable[str]) -> str:
+def _suggest(key: str, valid: Iterable[str], label: str = "") -> str:
     valid = list(valid)
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if not near:
         leaf = key.split(".")[-1]
         near = [v for v in valid if v.split(".")[-1] == leaf][:1]
-    return f"; did you mean '{near[0]}'?" if near else ""
+    return f"; did you mean '{label}{near[0]}'?" if near else ""
 
 
 # Keys whose values are free-form mappings (their own sub-keys are not validated).
 FREE_KEYS = ("extra",)
 
 
-def _validate(cfg: Config, defaults: Config, source: str, prefix: str = "") -> Config:
+def _validate(cfg: Config, defaults: Config, source: str, prefix: str = "", label: str = "") -> Config:
+    """``cfg`` checked against ``defaults``; messages name keys as ``label + dotted key`` (a pipeline
+    passes ``"linear."`` so ``linear.epoch=1`` is reported as ``linear.epoch``)."""
     out: Config = {}
     flat_valid = list(flatten(defaults, prefix).keys()) + [prefix + k for k in defaults]
     for k, v in cfg.items():
         full = prefix + k
         if k not in defaults:
-            raise ExcbError(f"{source}: unknown key '{full}'{_suggest(full, flat_valid)}")
+            raise ExcbError(f"{source}: unknown key '{label}{full}'{_suggest(full, flat_valid, label)}")
         d = defaults[k]
         if isinstance(d, dict) and d and k not in FREE_KEYS:
             if not isinstance(v, dict):
-                raise ExcbError(f"{source}: key '{full}' is a section (mapping), got {_type_name(v)} {v!r}")
-            out[k] = _validate(v, d, source, full + ".")
+                raise ExcbError(f"{source}: key '{label}{full}' is a section (mapping), got {_type_name(v)} {v!r}")
+            out[k] = _validate(v, d, source, full + ".", label)
         else:
-            out[k] = _coerce(full, v, d, source)
+            out[k] = _coerce(label + full, v, d, source)
     return out
 
 
 def resolve_config(defaults: Config, path: Optional[str | Path] = None,
-                   overrides: Sequence[str] = (), base: Optional[Config] = None) -> Config:
-    """Defaults <- ``base`` <- YAML file <- overrides, each layer validated against the defaults."""
+                   overrides: Sequence[str] = (), base: Optional[Config] = None, label: str = "") -> Config:
+    """Defaults <- ``base`` <- YAML file <- overrides, each layer validated against the defaults.
+
+    ``label`` prefixes the overrides' keys in messages (the stage of a pipeline override)."""
     cfg = copy.deepcopy(defaults)
     if base:
         cfg = deep_update(cfg, _validate(base, defaults, "config"))
@@ -202,7 +228,7 @@ def resolve_config(defaults: Config, path: Optional[str | Path] = None,
         key, value = parse_override(item)
         nested: Config = {}
         set_dotted(nested, key, value)
-        cfg = deep_update(cfg, _validate(nested, defaults, f"override '{item}'"))
+        cfg = deep_update(cfg, _validate(nested, defaults, f"override '{label}{item}'", label=label))
     return _plain_numbers(cfg)
 
 

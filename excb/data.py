@@ -218,6 +218,11 @@ def build_dataset(data_cfg: Dict[str, Any], split: str, transform: Optional[Call
         if not cfg.get("root"):
             raise ExcbError("data.root: required when data.name=imagefolder (a folder holding train/ and val/)")
         root = Path(cfg["root"]) / cfg[f"{split}_dir"]
+        if not root.is_dir():
+            why = "does not exist" if not Path(cfg["root"]).is_dir() else f"has no {cfg[f'{split}_dir']}/ folder"
+            raise ExcbError(f"{root}: not found (data.root '{cfg['root']}' {why}); data.root must hold "
+                            f"{cfg['train_dir']}/ and {cfg['val_dir']}/, each with one sub-folder per class "
+                            f"(folder names: data.train_dir / data.val_dir)")
         return ImageFolderDataset(root, transform, on_error=cfg["on_error"], limit=limit,
                                   limit_seed=int(cfg.get("limit_seed", 0) or 0))
     raise ExcbError(f"data.name: unknown data set '{name}'; use 'demo' or 'imagefolder'")

@@ -191,6 +191,16 @@ def _stage_cfg_from_args(stage_name: str, args) -> dict:
     return cfg
 
 
+def _require_run_dirs(runs) -> None:
+    """``leaderboard --runs`` / ``figures --runs`` name run directories: a missing one is an error, not an
+    empty table."""
+    for r in runs or []:
+        p = Path(str(r))
+        if not p.is_dir():
+            raise ExcbError(f"--runs: run directory '{p}' {'is not a directory' if p.exists() else 'not found'}; "
+                            f"pass the -o/--output-dir of a run-all (e.g. runs/demo)")
+
+
 def cmd_stage(name: str, args) -> int:
     stage_name = f"semisup_{args.percent}" if name == "semisup" else name
     if args.run:
@@ -208,6 +218,7 @@ def cmd_stage(name: str, args) -> int:
         cfg["runs"] = ["runs/demo"]
     if name == "figures" and not cfg.get("run"):
         cfg["run"] = "runs/demo"
+    _require_run_dirs(cfg.get("runs") if name == "leaderboard" else [cfg.get("run")] if name == "figures" else [])
     out = Path(args.output_dir or f"runs/{stage_name}")
     with RunLock(out):
         res = get_stage(stage_name).runner()(cfg, out)

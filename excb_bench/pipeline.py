@@ -80,7 +80,7 @@ def resolve_pipeline(path: Optional[str | Path], overrides: Sequence[str] = ()) 
             seeded["seed"] = cfg["seed"]
         scfg = resolve_config(defaults, yaml_path, (), base=seeded)
         scfg = merge_section(scfg, section, defaults, f"{source}: section '{name}'")
-        scfg = resolve_config(defaults, None, [f"{o}" for o in per_over.get(name, [])], base=scfg)
+        scfg = resolve_config(defaults, None, [f"{o}" for o in per_over.get(name, [])], base=scfg, label=f"{name}.")
         scfg.update(copy.deepcopy(stage.fixed))
         cfg[name] = scfg
     return cfg
@@ -135,6 +135,17 @@ def _sweep_orphaned_temporaries(run_dir: Path) -> None:
               f"interrupted write")
 
 
+def require_directory(run_dir: Path) -> None:
+    """Refuse an output directory that is (or lies under) an existing file, before anything is written."""
+    for p in (run_dir, *run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == run_dir else f"lies under {p}, which is"
+                raise ExcbError(f"{run_dir}: the output directory {what} an existing file; pass a folder "
+                                f"to -o/--output-dir")
+            return
+
+
 class RunLock:
     """An exclusive flock on ``<run>/.lock``. The kernel drops it when the holder dies, so a
     lock left by a killed process is stale by construction and is taken over (and reported).
@@ -148,6 +159,7 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
+        require_directory(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
