@@ -306,8 +306,36 @@ def stopped_result(stage: str, epoch: int) -> Dict[str, Any]:
     return {"stage": stage, "status": "stopped", "epochs_done": epoch}
 
 
-def data_record(cfg: Dict[str, Any], n_train: int, n_val: int, **extra: Any) -> Dict[str, Any]:
-    return {"name": cfg["data"]["name"], "n_train": n_train, "n_val": n_val, **extra}
+SKIPPED_SHOWN = 10   # names listed in results.json's data.skipped.first (the count covers all)
+
+
+def skipped_record(stage: str, *datasets: Any) -> Optional[Dict[str, Any]]:
+    """``{"count", "first": [...]}`` of the unreadable images that ``data.on_error=skip`` dropped from
+    ``datasets`` (paths relative to ``data.root``), also printed once on the console; None if none."""
+    names: List[str] = []
+    for ds in datasets:
+        root = Path(getattr(ds, "root", "") or "")
+        for p in getattr(ds, "skipped", None) or []:
+            rel = os.path.relpath(p, root.parent) if root.parent != Path("") else str(p)
+            if rel not in names:
+                names.append(rel)
+    if not names:
+        return None
+    if D.is_main():
+        shown = ", ".join(names[:3]) + (f", ... (+{len(names) - 3} more)" if len(names) > 3 else "")
+        print(f"[excb-bench] {stage}: skipped {len(names)} unreadable image(s) (data.on_error=skip): {shown}; "
+              f"the count and the first {SKIPPED_SHOWN} names are in results.json (data.skipped)", flush=True)
+    return {"count": len(names), "first": names[:SKIPPED_SHOWN]}
+
+
+def data_record(cfg: Dict[str, Any], n_train: int, n_val: int, skipped: Optional[Dict[str, Any]] = None,
+                **extra: Any) -> Dict[str, Any]:
+    """results.json's ``data``; ``skipped`` (from :func:`skipped_record`) is recorded only when images
+    were dropped, as ``{"count": N, "first": [names]}``."""
+    rec = {"name": cfg["data"]["name"], "n_train": n_train, "n_val": n_val, **extra}
+    if skipped:
+        rec["skipped"] = skipped
+    return rec
 
 
 def protocol_record(cfg: Dict[str, Any], drop: Sequence[str] = ()) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from excb.config import require_positive
 from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger
 
-from benchmarks.common import (checkpoint_key, data_record, load_stage_backbone, protocol_record,
+from benchmarks.common import (checkpoint_key, data_record, load_stage_backbone, protocol_record, skipped_record,
                                select_device, shard_range, stage_defaults, write_results)
 from benchmarks.features import cached_features, dataset_fingerprint, eval_transform, extract_features, transform_key
 # the classifier itself lives in excb (pretraining's online monitor uses it too); re-exported here
@@ -81,6 +81,7 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     tf = eval_transform(cfg["resize"], cfg["crop"])
     train = build_dataset(cfg["data"], "train", tf)
     val = build_dataset(cfg["data"], "val", tf)
+    skipped = skipped_record("knn", train, val)
     C = len(train.classes)
     log = JsonlLogger(run_dir / "log.jsonl", enabled=D.is_main())
     cache_dir = (Path(cfg["cache_dir"]) if cfg["cache_dir"] else run_dir / "features") if cfg["cache"] else None
@@ -122,5 +123,5 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     protocol = protocol_record(cfg, drop=("cache", "cache_dir", "query_chunk", "bank_dtype"))
     protocol.update({"name": "knn-weighted-vote", "features": "l2-normalised pooled output", "feature_dim": dim,
                      "similarity": "cosine", "weights": "exp(sim/T)", "num_classes": C})
-    return write_results(run_dir, "knn", metrics=metrics, protocol=protocol, data=data_record(cfg, len(train), n_val),
+    return write_results(run_dir, "knn", metrics=metrics, protocol=protocol, data=data_record(cfg, len(train), n_val, skipped=skipped),
                          checkpoint=ck, seed=int(cfg["seed"]), t0=t0, extra={"feature_s": round(t_feat, 3)})

@@ -34,6 +34,7 @@ from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger
 
 from benchmarks.common import (EpochState, all_reduce_grads, autocast, checkpoint_key, data_record, epoch_seed,
+                               skipped_record,
                                load_stage_backbone, progress, protocol_record, rng_state, seed_everything,
                                select_device, set_rng_state, stage_defaults, stopped_result, topk_correct,
                                write_results)
@@ -251,6 +252,7 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     etf = eval_transform(cfg["resize"], cfg["crop"])
     train_eval = build_dataset(cfg["data"], "train", etf)
     val = build_dataset(cfg["data"], "val", etf)
+    skipped = skipped_record("linear", train_eval, val)
     C = len(train_eval.classes)
     tr_idx, ho_idx = stratified_holdout(train_eval.targets, float(cfg["holdout_fraction"]), seed)
     log = JsonlLogger(run_dir / "log.jsonl", enabled=D.is_main())
@@ -340,5 +342,6 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                      "schedule": "cosine per step", "backbone_mode": "frozen, eval (BN statistics fixed)",
                      "train_view": ("RandomResizedCrop+flip" if cfg["mode"] == "augment" else "centre crop (cached)"),
                      "val_view": f"Resize {cfg['resize']} + CenterCrop {cfg['crop']}", "num_classes": C})
-    data = data_record(cfg, len(train_eval), len(val), n_train_used=len(tr_idx), n_holdout=len(ho_idx))
+    data = data_record(cfg, len(train_eval), len(val), skipped=skipped, n_train_used=len(tr_idx),
+                       n_holdout=len(ho_idx))
     return write_results(run_dir, "linear", metrics=metrics, protocol=protocol, data=data, checkpoint=ck, seed=seed, t0=t0)

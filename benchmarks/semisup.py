@@ -28,6 +28,7 @@ from excb.data import build_dataset, validate_data
 from excb.io import JsonlLogger, sha256_file
 
 from benchmarks.common import (EpochState, autocast, data_record, epoch_seed, load_stage_backbone, progress,
+                               skipped_record,
                                protocol_record, rng_state, seed_everything, select_device, set_rng_state,
                                stage_defaults, stopped_result, topk_correct, write_results)
 from benchmarks.features import eval_transform, extract_features
@@ -142,6 +143,7 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
 
     train_raw = build_dataset(cfg["data"], "train", None)
     val = build_dataset(cfg["data"], "val", eval_transform(cfg["resize"], cfg["crop"]))
+    skipped = skipped_record(stage, train_raw, val)
     C = len(train_raw.classes)
     idx, subset = choose_subset(cfg, train_raw)
     subset_ds = IndexedSubset(train_raw, idx, transform=train_transform(cfg["crop"], cfg["rrc_scale"]))
@@ -244,5 +246,6 @@ def run(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                      "schedule": "cosine per step", "train_view": "RandomResizedCrop+flip",
                      "val_view": f"Resize {cfg['resize']} + CenterCrop {cfg['crop']}", "num_classes": C,
                      "subset": subset})
-    data = data_record(cfg, len(train_raw), len(val), n_labelled=len(idx), subset_ids="subset_ids.txt")
+    data = data_record(cfg, len(train_raw), len(val), skipped=skipped, n_labelled=len(idx),
+                       subset_ids="subset_ids.txt")
     return write_results(run_dir, stage, metrics=metrics, protocol=protocol, data=data, checkpoint=ck, seed=seed, t0=t0)

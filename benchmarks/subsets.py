@@ -72,10 +72,13 @@ def parse_subset_file(path: str | Path, expected_lines: Optional[int] = None, cl
                             f"every class must be present")
     if sample_ids is not None:
         have = set(sample_ids)
-        for n in names:
-            if n not in have:
-                raise ExcbError(f"{path}:{seen[n]}: '{n}' is not in the train set (data.root/train_dir); "
-                                f"does the subset belong to this data set?")
+        missing_names = [n for n in names if n not in have]
+        if missing_names:
+            first = missing_names[0]
+            more = (f" ({len(missing_names)} of the {len(names)} listed names are missing, e.g. "
+                    f"{', '.join(missing_names[:5])})" if len(missing_names) > 1 else "")
+            raise ExcbError(f"{path}:{seen[first]}: '{first}' is not in the train set (data.root/train_dir){more}; "
+                            f"does the subset belong to this data set?")
     return names
 
 

@@ -90,6 +90,12 @@ def _measured_sections(layout: Layout, rows: List[Dict[str, Any]], cfg: Dict[str
             for c in metrics:
                 cells.setdefault(c.key, None)
             row = table_row(cells, source=mr.get("source", ""), kind=mr.get("kind", "measured"))
+            for stage in sorted({st for _, st, _, _ in vals.values()}):   # data.on_error=skip dropped images
+                sk = (mr["stages"][stage].get("data") or {}).get("skipped") or {}
+                if sk.get("count"):
+                    sections[dk]["notes"].append(
+                        f"{mr['method']}, {stage}: {sk['count']} unreadable image(s) skipped (data.on_error=skip), "
+                        f"e.g. {', '.join(sk.get('first', [])[:3])}.")
             row["_fp"] = variant_fp
             sections[dk]["rows"].append(row)
     out = []
