@@ -21,12 +21,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The tiny pretraining run of the fault suite: 4 steps of 64 images per epoch, ~1-2 s a step.
+# The tiny pretraining run of the fault suite: 4 steps of 32 images per epoch, ~0.5-1 s a step.
 TINY_PRETRAIN: List[str] = [
-    "seed=0", "data.name=demo", "data.limit_train=256", "backbone.name=resnet18",
+    "seed=0", "data.name=demo", "data.limit_train=128", "backbone.name=resnet18",
     "head.hidden_dim=128", "head.out_dim=128", "head.predictor_hidden_dim=128", "centroids.K=64",
     "augment.global_size=32", "augment.local_size=16", "augment.n_local=2", "augment.eval_resize=36",
-    "augment.eval_crop=32", "optim.warmup_epochs=1", "batch_size=64", "epochs=2", "num_workers=0",
+    "augment.eval_crop=32", "optim.warmup_epochs=1", "batch_size=32", "epochs=2", "num_workers=0",
     "log_every=1", "final_pass=false",
 ]
 STEPS_PER_EPOCH = 4

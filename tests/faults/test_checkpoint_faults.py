@@ -80,6 +80,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_bad_checkpoints_are_one_line_errors(tmp_path, bad_files):
     procs = {}
     for name, (key, extra, _) in CASES.items():

@@ -18,7 +18,7 @@ PRETRAIN_CASES = {
     "negative_batch": (["batch_size=-64"], ["batch_size", "-64", "> 0"]),
     "zero_epochs": (["epochs=0"], ["epochs", "0"]),
     # K larger than the data is a warning since issue 15 (tests/integration/test_owndata_budget.py)
-    "batch_larger_than_data": (["batch_size=512"], ["batch_size", "512", "256 images"]),
+    "batch_larger_than_data": (["batch_size=512"], ["batch_size", "512", "128 images"]),
     "data_root_missing": (["data.name=imagefolder", "data.root=/nonexistent/imagenet"],
                           ["/nonexistent/imagenet/train", "data.root"]),
     "unknown_dataset": (["data.name=imagenett"], ["data.name", "imagenett"]),
@@ -31,6 +31,7 @@ def _start_pretrain(tmp_path: Path, tag: str, extra) -> Proc:
     return Proc([*EXCB_BENCH, "pretrain", "-o", str(d / "out"), *TINY_PRETRAIN, *extra], d, tag=tag)
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_pretrain_config_errors_are_one_line(tmp_path):
     """All cases at once (each a process that stops before training): ~1 process-start each."""
     procs = {name: _start_pretrain(tmp_path, name, extra) for name, (extra, _) in PRETRAIN_CASES.items()}

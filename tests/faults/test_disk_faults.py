@@ -69,6 +69,7 @@ def test_full_tmpfs_torch_save_and_json(tmp_path):
         assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pth", "results.json"]
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_pretrain_on_a_filling_disk_then_resume(tmp_path, reference_pretrain):
     """Epoch 1's checkpoint fits, epoch 2's does not: one-line error, epoch 1 intact; after the disk
     is grown ("free disk space and rerun") the same command resumes to the reference weights."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from faultlib import EXCB_BENCH, TINY_PRETRAIN, Proc, assert_one_line_error, base_env, read_json, run, wait_until
@@ -29,6 +30,7 @@ def _pipeline(tmp: Path) -> Path:
     return path
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_second_run_all_refused_then_stale_lock_cleared(tmp_path):
     path = _pipeline(tmp_path)
     run_dir = tmp_path / "run"

@@ -38,6 +38,7 @@ def test_kill9_mid_epoch2_then_rerun_is_bit_identical(tmp_path, reference_pretra
     assert read_json(out / "results.json")["status"] == "complete"
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_kill9_inside_checkpoint_write_keeps_previous_loadable(tmp_path, reference_pretrain):
     """SIGKILL while checkpoint.pth's replacement is written (held there by the io test hook)."""
     out = tmp_path / "run"
@@ -95,6 +96,7 @@ def test_checkpoint_of_another_config_is_not_overwritten(tmp_path, reference_pre
     assert (out / "checkpoint.pth").read_bytes() == before
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_nan_stops_run_keeps_checkpoint_and_rerun_completes(tmp_path, reference_pretrain):
     out = tmp_path / "run"
     nan_step = STEPS_PER_EPOCH + 1   # second step of epoch 2

@@ -58,6 +58,7 @@ def test_knn_killed_while_caching_features(tmp_path, reference_pretrain):
     assert "features reused" in again.stdout, again.report()
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_linear_probe_killed_mid_epoch(tmp_path, reference_pretrain):
     ck = reference_pretrain / "checkpoint.pth"
     ref = _reference("linear", ck, tmp_path)
@@ -71,6 +72,7 @@ def test_linear_probe_killed_mid_epoch(tmp_path, reference_pretrain):
     assert "resuming after epoch" in again.stdout, again.report()
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_semisup_killed_inside_state_write(tmp_path, reference_pretrain):
     ck = reference_pretrain / "checkpoint.pth"
     ref = _reference("semisup", ck, tmp_path)
