@@ -38,7 +38,6 @@ def test_kill9_mid_epoch2_then_rerun_is_bit_identical(tmp_path, reference_pretra
     assert read_json(out / "results.json")["status"] == "complete"
 
 
-@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_kill9_inside_checkpoint_write_keeps_previous_loadable(tmp_path, reference_pretrain):
     """SIGKILL while checkpoint.pth's replacement is written (held there by the io test hook)."""
     out = tmp_path / "run"
