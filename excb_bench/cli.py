@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="STAGE", help="run only this stage (repeatable)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun this stage even if up to date")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
+    p.add_argument("--launcher", choices=["local", "slurm"], help="where stages run: here, one after another "
+                   "(local, the default) or each as a SLURM job via submitit (slurm; settings under slurm.*, "
+                   "e.g. slurm.partition=gpu slurm.nodes=2)")
     p.add_argument("overrides", nargs="*", help="overrides; stage keys are prefixed by the stage, e.g. "
                                                 "linear.epochs=10 pretrain.epochs=3")
     _add_common(p)
@@ -121,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     _add_common(p)
 
+    p = sub.add_parser("status", help="per stage: state, job, progress, images/s, ETA, last metrics or error",
+                       description="Where a run stands, from its files: works while it runs, after it finished "
+                                   "and after it failed.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run-all's --output-dir)")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until every stage has settled")
+    _add_common(p)
+
     p = sub.add_parser("formats", help="list the checkpoint formats `--format` accepts")
     _add_common(p)
 
@@ -144,7 +155,7 @@ def cmd_run_all(args) -> int:
     from excb_bench.pipeline import DEMO_PIPELINE, resolve_pipeline, run_pipeline
 
     path = args.config or DEMO_PIPELINE
-    cfg = resolve_pipeline(path, args.overrides)
+    cfg = resolve_pipeline(path, list(args.overrides) + ([f"launcher={args.launcher}"] if args.launcher else []))
     run_dir = Path(args.output_dir or cfg["output_dir"])
     t0 = time.time()
     statuses = run_pipeline(cfg, run_dir, only=args.only, force=args.force, from_stage=args.from_stage)
@@ -311,6 +322,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_pretrain(args, [a for a in argv[1:] if a not in ("--debug", "--offline")])
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "status":
+            from excb_bench.status import main as status_main
+
+            return status_main(args.run_dir, args.watch)
         if args.command == "formats":
             return cmd_formats(args)
         if args.command == "export":

@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from excb import ExcbError
+from excb import ExcbError, one_line
 from excb import distributed as D
 from excb.config import dump_yaml, load_yaml, merge_section, resolve_config, split_overrides
 from excb.data import DATA_DEFAULTS, validate_data
 from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file_cached, sha256_json
 from excb.zoo import is_zoo_ref, resolve_checkpoint
+from excb_bench.launchers import SLURM_DEFAULTS
 from excb_bench.stages import STAGES, get_stage, stage_dir_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,8 @@ PIPELINE_DEFAULTS: Dict[str, Any] = {
     "data": None,            # a data section applied to every stage (None: each stage's own)
     "stages": ["pretrain", "knn", "linear", "semisup_1", "semisup_10", "detect", "sanity_random", "sanity_pixels",
                "leaderboard", "figures"],
+    "launcher": "local",     # local: stages run here, one after another | slurm: each stage a job (launchers.py)
+    "slurm": dict(SLURM_DEFAULTS),
 }
 # Per-stage sections: {"config": "<stage yaml>", ...inline keys...}
 SECTION_META_KEYS = ("config",)
@@ -370,13 +373,19 @@ def wire_stage(name: str, scfg: Dict[str, Any], run_dir: Path, pretrain_cfg: Opt
 # ----------------------------------------------------------------------------- running
 def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequence[str] = (),
                  force: Sequence[str] = (), from_stage: Optional[str] = None) -> Dict[str, Any]:
-    """Run (or skip) every stage of ``cfg`` in order; returns {stage: status}."""
+    """Run (or skip) every stage of ``cfg``; returns {stage: status}.
+
+    Stages go through ``cfg['launcher']`` (excb_bench/launchers.py): ``local`` runs them here in
+    order; ``slurm`` submits each as a job as soon as the stages it reads are finished."""
+    from excb_bench.launchers import make_launcher
+
     run_dir = Path(run_dir or cfg["output_dir"])
     for s in list(only) + list(force) + ([from_stage] if from_stage else []):
         if s not in cfg["stages"]:
             raise ExcbError(f"stage '{s}' is not in this pipeline (stages: {', '.join(cfg['stages'])})")
     validate_stages(cfg, [n for n in cfg["stages"] if not only or n in only])   # before anything is touched
     D.init_from_env()
+    launcher = make_launcher(cfg, run_dir)
     lock = RunLock(run_dir) if D.is_main() else None
     if lock:
         lock.__enter__()
@@ -387,23 +396,7 @@ def run_pipeline(cfg: Dict[str, Any], run_dir: Optional[Path] = None, only: Sequ
         forced = set(force)
         if from_stage:
             forced |= set(cfg["stages"][cfg["stages"].index(from_stage):])
-        statuses: Dict[str, str] = {}
-        pretrain_cfg = cfg.get("pretrain")
-        for name in cfg["stages"]:
-            if only and name not in only:
-                continue
-            if statuses.get("pretrain") == "collapsed" and get_stage(name).uses_checkpoint:
-                _say(f"{name}: not run — pretraining stopped on a collapse alarm (see pretrain/log.jsonl)")
-                statuses[name] = "blocked"
-                continue
-            if statuses.get("pretrain") == "stopped" and get_stage(name).uses_checkpoint:
-                # time_budget / stop_after_*: the checkpoint is mid-schedule; evaluating it would be redone
-                _say(f"{name}: not run — pretraining stopped before the end of its schedule (time_budget or "
-                     f"stop_after_*); rerun the same command to continue it")
-                statuses[name] = "waiting"
-                continue
-            statuses[name] = _run_one(name, cfg[name], run_dir, manifest, pretrain_cfg, name in forced)
-        return statuses
+        return _schedule(cfg, run_dir, manifest, launcher, [s for s in cfg["stages"] if not only or s in only], forced)
     finally:
         if lock:
             lock.__exit__(None, None, None)
@@ -465,8 +458,93 @@ def _move_aside(name: str, sdir: Path, manifest: "Manifest") -> None:
          f"moved to {target.name}")
 
 
-def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
-             pretrain_cfg: Optional[Dict[str, Any]], forced: bool) -> str:
+FINISHED_OK = ("complete", "up-to-date", "skipped")
+
+
+def _needs(name: str, cfg: Dict[str, Any], selected: Sequence[str], sequential: bool) -> List[str]:
+    """The selected stages ``name`` must wait for: the ones whose outputs it reads (all earlier
+    ones when the launcher runs stages one at a time)."""
+    if sequential:
+        return list(selected[:selected.index(name)])
+    if name in SUMMARY_STAGES:
+        return [s for s in selected if s not in SUMMARY_STAGES]
+    stage = get_stage(name)
+    reads_run_checkpoint = stage.uses_checkpoint and not cfg[name].get("checkpoint") and not name.startswith("sanity_")
+    return ["pretrain"] if reads_run_checkpoint and "pretrain" in selected and name != "pretrain" else []
+
+
+def _schedule(cfg: Dict[str, Any], run_dir: Path, manifest: Manifest, launcher, selected: List[str],
+              forced: set) -> Dict[str, str]:
+    """Submit each stage when the stages it needs have finished; wait for the jobs; record outcomes."""
+    statuses: Dict[str, str] = {}
+    pending, jobs = list(selected), {}
+    pretrain_cfg = cfg.get("pretrain")
+    failures: List[str] = []
+    while pending or jobs:
+        progressed = False
+        for name in list(pending):
+            needs = _needs(name, cfg, selected, not launcher.concurrent)
+            if any(n in pending or n in jobs for n in needs):
+                continue
+            pending.remove(name)
+            progressed = True
+            # summary stages tabulate whatever finished; others need what they read
+            reads = [] if name in SUMMARY_STAGES else _needs(name, cfg, selected, False)
+            bad = [n for n in reads if statuses.get(n) not in FINISHED_OK]
+            if bad and statuses.get(bad[0]) == "stopped":
+                # time_budget / stop_after_*: the checkpoint is mid-schedule; evaluating it would be redone
+                _say(f"{name}: not run — {bad[0]} stopped before the end of its schedule (time_budget or "
+                     f"stop_after_*); rerun the same command to continue it")
+                statuses[name] = "waiting"
+                continue
+            if bad:
+                why = "stopped on a collapse alarm (see pretrain/log.jsonl)" if statuses[bad[0]] == "collapsed" \
+                    else statuses[bad[0]]
+                _say(f"{name}: not run — {bad[0]} {why}")
+                statuses[name] = "blocked"
+                continue
+            prep = _prepare(name, cfg[name], run_dir, manifest, pretrain_cfg, name in forced, launcher)
+            if isinstance(prep, str):
+                statuses[name] = prep
+                continue
+            if launcher.runs_here(name) or not D.is_main():
+                from excb_bench.launchers import LocalLauncher
+
+                job = LocalLauncher().submit(prep, {})
+            else:
+                job = launcher.attach(manifest.entry(name).get("job") or {}, prep.stage_dir) if prep.resumed else None
+                if job is not None:
+                    _say(f"{name}: reattached to job {job.info().get('id')} (still running)")
+                else:
+                    job = launcher.submit(prep, launcher.resources(name))
+                    _say(f"{name}: submitted job {job.info().get('id')} (log {job.info().get('stdout')})")
+                manifest.update(name, status="running", job=job.info())
+            jobs[name] = (job, prep)
+            if not launcher.concurrent:
+                break            # one at a time: finish it before looking at the next
+        for name, (job, prep) in list(jobs.items()):
+            if not job.done():
+                continue
+            del jobs[name]
+            progressed = True
+            statuses[name], err = _finish(name, prep, run_dir, manifest, job)
+            if err is not None:
+                if not launcher.concurrent:
+                    raise err
+                failures.append(f"{name}: {one_line(err)}")
+        if not progressed and jobs:
+            time.sleep(launcher.poll_s)
+    if failures:
+        raise ExcbError(f"{len(failures)} stage(s) failed — " + "; ".join(failures) +
+                        f" (excb-bench status {run_dir} shows each; rerun the same command to resume)")
+    return statuses
+
+
+def _prepare(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
+             pretrain_cfg: Optional[Dict[str, Any]], forced: bool, launcher=None):
+    """Decide whether ``name`` runs: a status string if not (up to date), else the task to run."""
+    from excb_bench.launchers import StageTask
+
     stage = get_stage(name)
     sdir = run_dir / stage_dir_name(name)
     scfg = wire_stage(name, scfg, run_dir, pretrain_cfg)
@@ -491,38 +569,66 @@ def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
         _move_aside(name, sdir, manifest)
     resumed = entry.get("status") in ("running", "failed", "collapsed") and entry.get("input_hash") == h
     _say(f"{name}: {'resuming' if resumed else 'running'} — {stage.summary}")
+    keep_job = {"job": entry.get("job")} if resumed and entry.get("job") else {"job": None}
     manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,
-                    git_commit=git_commit(), versions=package_versions(), reason=None,
+                    git_commit=git_commit(), versions=package_versions(), reason=None, **keep_job,
                     **({"checkpoint_sha256": None} if name == "pretrain" else {}))
-    t0 = time.time()
+    if D.is_main():
+        sdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sdir / "config.yaml", dump_yaml(scfg))
+    task = StageTask(name, scfg, sdir)
+    task.resumed, task.t0 = resumed, time.time()
+    return task
+
+
+def _finish(name: str, task, run_dir: Path, manifest: Manifest, job) -> tuple:
+    """Record a finished job in the manifest; returns (status, error to raise or None)."""
+    sdir = Path(task.stage_dir)
+    extra: Dict[str, Any] = {"job": job.info()} if job.info() else {}
     try:
-        if D.is_main():
-            sdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(sdir / "config.yaml", dump_yaml(scfg))
-        res = stage.runner()(scfg, sdir)
+        res = job.outcome()
     except ExcbError as e:
         if getattr(e, "skip_stage", False) or type(e).__name__ == "DetectronMissing":
-            manifest.update(name, status="skipped", reason=str(e), end=time.time())
+            manifest.update(name, status="skipped", reason=str(e), end=time.time(), **extra)
             _say(f"{name}: skipped — {e}")
-            return "skipped"
-        manifest.update(name, status="failed", reason=str(e), end=time.time())
-        raise
-    except BaseException as e:
-        manifest.update(name, status="failed", reason=f"{type(e).__name__}: {e}"[:500], end=time.time())
-        raise
-    if isinstance(res, dict) and res.get("status") == "stopped":
-        manifest.update(name, status="running", end=None)
-        return "stopped"
-    if isinstance(res, dict) and res.get("status") == "collapsed":   # monitor.stop_on_collapse
+            return "skipped", None
+        manifest.update(name, status="failed", reason=str(e), end=time.time(), **extra)
+        return "failed", e
+    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised by the caller
+        manifest.update(name, status="failed", reason=f"{type(e).__name__}: {e}"[:500], end=time.time(), **extra)
+        return "failed", e
+    status = res.get("status", "complete")
+    if status == "skipped":
+        manifest.update(name, status="skipped", reason=res.get("reason"), end=time.time(), **extra)
+        _say(f"{name}: skipped — {res.get('reason')}")
+        return "skipped", None
+    if status == "stopped":
+        manifest.update(name, status="running", end=None, **extra)
+        return "stopped", None
+    if status == "collapsed":   # monitor.stop_on_collapse
         alarm = next((a for a in reversed(res.get("alarms", [])) if a.get("severity") == "collapse"), {})
-        manifest.update(name, status="collapsed", end=time.time(), reason=alarm.get("symptom"))
-        return "collapsed"
+        manifest.update(name, status="collapsed", end=time.time(), reason=alarm.get("symptom"), **extra)
+        return "collapsed", None
     outputs = sorted(str(p.relative_to(run_dir)) for p in sdir.rglob("*") if p.is_file())
-    extra: Dict[str, Any] = {}
     if name == "pretrain" and (sdir / "checkpoint.pth").is_file():   # what later stages must evaluate
         extra["checkpoint_sha256"] = file_sha256(sdir / "checkpoint.pth")
-    manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - t0, outputs=outputs[:200], **extra)
-    return "complete"
+    manifest.update(name, status="complete", end=time.time(), wall_s=time.time() - task.t0, outputs=outputs[:200],
+                    **extra)
+    return "complete", None
+
+
+def _run_one(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
+             pretrain_cfg: Optional[Dict[str, Any]], forced: bool) -> str:
+    """One stage in this process (as ``--launcher local`` does)."""
+    from excb_bench.launchers import LocalLauncher
+
+    prep = _prepare(name, scfg, run_dir, manifest, pretrain_cfg, forced)
+    if isinstance(prep, str):
+        return prep
+    status, err = _finish(name, prep, run_dir, manifest, LocalLauncher().submit(prep, {}))
+    if err is not None:
+        raise err
+    return status
 
 
 def _say(msg: str) -> None:
