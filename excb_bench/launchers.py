@@ -334,7 +334,11 @@ class SlurmLauncher:
             ex.update_parameters(timeout_min=minutes, gpus_per_node=gpus, tasks_per_node=tasks,
                                  signal_delay_s=int(r["signal_delay_s"]))
             return ex
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(self.cfg["max_requeue"]))
+        try:
+            ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(self.cfg["max_requeue"]))
+        except RuntimeError as e:   # no srun on PATH
+            raise ExcbError(f"--launcher slurm: {e} (srun not found); run on a SLURM login node, or use "
+                            f"slurm.executor=local / --launcher local") from e
         params: Dict[str, Any] = {"job_name": f"excb-{stage}", "nodes": int(r["nodes"]), "ntasks_per_node": tasks,
                                   "cpus_per_task": int(r["cpus_per_task"]), "time": max(1, math.ceil(minutes)),
                                   "signal_delay_s": int(r["signal_delay_s"])}
