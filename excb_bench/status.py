@@ -21,8 +21,8 @@ from excb import ExcbError
 from excb.io import read_json, read_jsonl
 
 # the metrics worth a glance, per stage kind, in display order
-HEADLINE = ("loss", "knn_top1", "clusters_used", "cluster_size_max", "agreement", "top1", "top5", "val_top1",
-            "AP_box", "bbox_AP", "lr")
+HEADLINE = ("loss", "knn_top1", "train_assign_used", "train_assign_size_max", "clusters_used", "cluster_size_max",
+            "agreement", "top1", "top5", "val_top1", "AP_box", "bbox_AP", "lr")
 TERMINAL = ("complete", "failed", "skipped", "collapsed", "blocked", "up-to-date", "interrupted", "cancelled")
 
 
@@ -90,7 +90,7 @@ def _progress(sdir: Path, scfg: Dict[str, Any], state: str) -> Dict[str, Any]:
     epochs = [r for r in recs if isinstance(r.get("epoch"), (int, float)) and r.get("kind", "epoch") == "epoch"
               and "event" not in r]
     steps = [r for r in recs if r.get("kind") == "step"]
-    total = scfg.get("epochs") if isinstance(scfg.get("epochs"), int) else None
+    total = scfg.get("epochs") if isinstance(scfg.get("epochs"), (int, float)) else None
     out: Dict[str, Any] = {"epoch": None, "epochs": total, "step": None, "images_per_s": None, "eta_s": None,
                            "metrics": {}, "updated": recs[-1].get("time") if recs else None}
     if epochs:

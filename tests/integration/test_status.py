@@ -47,7 +47,7 @@ def test_status_of_a_finished_run(tmp_path):
     pre = _row(st, "pretrain")
     assert pre["state"] == "complete" and pre["epoch"] == 1 and pre["epochs"] == 1
     assert pre["images_per_s"] > 0 and pre["eta_s"] is None
-    assert set(pre["metrics"]) >= {"loss", "clusters_used"}
+    assert set(pre["metrics"]) >= {"loss", "train_assign_used"}
     assert _row(st, "leaderboard")["state"] == "complete"
     out = io.StringIO()
     assert status_main(str(run), stream=out) == 0

@@ -39,6 +39,18 @@ def test_collapse_symptoms_from_epoch_statistics():
     assert d.symptoms({**BALANCED, "loss": 8.1}, None) == {}
 
 
+def test_agreement_at_chance_needs_enough_images():
+    cfg = make_tiny_config(**{"centroids.K": 512})
+    at_chance = {**BALANCED, "agreement": 0.0021, "agreement_chance": 0.002}
+    # 1,000,000 images: standard error sqrt(0.002 * 0.998 / 1e6) = 4.5e-5, 0.0021 + 3 se < 1.5 x 0.002
+    big = CollapseDetector(cfg, rows_per_epoch=2_000_000, rows_per_step=2048)
+    assert set(big.symptoms(at_chance, None)) == {"agreement"}
+    assert big.symptoms({**at_chance, "agreement": 0.0035}, None) == {}
+    # 256 images: se = 0.0028, far too coarse to tell 0.0021 from 1.5 x chance
+    small = CollapseDetector(cfg, rows_per_epoch=512, rows_per_step=128)
+    assert small.symptoms(at_chance, None) == {}
+
+
 def test_knn_symptom_needs_no_improvement():
     d = _detector()
     low = {"knn_top1": 55.0, "random_init": 63.0}
