@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from faultlib import EXCB_BENCH, Proc, assert_one_line_error
 
 KNN = ["backbone.name=resnet18", "data.limit_train=50", "data.limit_val=20", "resize=36", "crop=32", "num_workers=0"]
@@ -43,6 +45,7 @@ def _cases(d: Path) -> dict:
     }
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_cli_mistakes_are_one_line_errors(tmp_path):
     cases = _cases(tmp_path)
     procs = {name: Proc([*EXCB_BENCH, *argv], tmp_path, tag=name) for name, (argv, _) in cases.items()}

@@ -48,6 +48,7 @@ def test_bad_stage_value_fails_before_pretraining(tmp_path):
     assert not (out / "manifest.json").exists()
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_rejected_commands_leave_finished_stage_untouched(tmp_path, resnet18_ck):
     cfg = _eval_pipeline(tmp_path, resnet18_ck)
     out = tmp_path / "run"

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zoo_helpers import ZooServer, payload, write_registry  # noqa: E402
 
@@ -24,6 +26,7 @@ def _env(tmp: Path, reg: Path) -> dict:
     return env
 
 
+@pytest.mark.slow   # > ~15 s on 2 cores; CI runs it (.ci/run: pytest -m slow)
 def test_killed_fetch_resumes_from_partial_file(tmp_path: Path):
     server = ZooServer()
     try:
