@@ -187,6 +187,25 @@ def _sha256_cached(path: Path) -> str:
     return sha256_file_cached(path)
 
 
+# a ViT evaluated below this fraction of its training resolution gets a recorded warning
+VIT_MIN_RESOLUTION_FRACTION = 0.5
+
+
+def resolution_warning(model: nn.Module, crop: int) -> Optional[str]:
+    """A warning (printed; results.json keeps it under ``checkpoint.warnings``) when a ViT is evaluated
+    far below the resolution its position embeddings were trained at."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    train_res = int(size[0] if isinstance(size, (tuple, list)) else size) if size else 0
+    if not train_res or crop >= VIT_MIN_RESOLUTION_FRACTION * train_res:
+        return None
+    msg = (f"ViT trained at {train_res} px evaluated at crop={crop} px ({crop / train_res:.0%} of it): its position "
+           f"embeddings are interpolated far below their training grid, so the numbers are not comparable with "
+           f"results at {train_res} px")
+    if D.is_main():
+        print(f"[excb-bench] warning: {msg}", flush=True)
+    return msg
+
+
 def load_stage_backbone(cfg: Dict[str, Any], crop: int) -> Tuple[nn.Module, int, Dict[str, Any]]:
     """The backbone a stage evaluates: from ``cfg['checkpoint']`` via the format registry, or
     randomly initialised from ``cfg['backbone']`` when no checkpoint is given (sanity rows).
@@ -219,6 +238,9 @@ def load_stage_backbone(cfg: Dict[str, Any], crop: int) -> Tuple[nn.Module, int,
         rec["trusted_pickle"] = bool(cfg.get("trust_checkpoint", False))   # provenance: loaded with --trust-checkpoint
         if zoo_rec:
             rec["zoo"] = zoo_rec
+        warning = resolution_warning(model, crop)
+        if warning:
+            rec["warnings"] = [*rec.get("warnings", []), warning]
         return model, int(dim), rec
     name = bb.get("name")
     kwargs = dict(bb.get("kwargs") or {})

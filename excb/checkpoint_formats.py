@@ -222,7 +222,7 @@ class _ExcbOfficial:
     two_networks = staticmethod(lambda obj: True)
 
 
-@register_format("dino", "DINO: full checkpoint (teacher/student, backbone.* + head.*) or a bare backbone file")
+@register_format("dino", "DINO: full checkpoint (teacher/student, backbone.* [+ head.*]) or a bare backbone file")
 class _Dino:
     @staticmethod
     def detect(obj: Any) -> bool:
@@ -230,7 +230,8 @@ class _Dino:
         if not _teacher_student(obj):
             return False
         sd = _unwrap_module(obj["teacher"])
-        return _has_prefix(sd, "backbone.") and _has_prefix(sd, "head.") and not _has_prefix(sd, "classifier.")
+        # head.* may have been stripped (teacher/student files that keep only backbone.*)
+        return _has_prefix(sd, "backbone.") and all(str(k).startswith(("backbone.", "head.")) for k in sd)
 
     @staticmethod
     def to_backbone_state(obj: Any, which: str):

@@ -224,13 +224,25 @@ class JsonlLogger:
         line = json.dumps(rec, default=_json_default) + "\n"
         try:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+                size = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    _truncate_quietly(f, size)   # a failed append leaves no (possibly torn) record behind
+                    raise
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise ExcbError(f"{self.path}: no space left on device while logging; free disk space and rerun") from e
             raise
+
+
+def _truncate_quietly(f, size: int) -> None:
+    try:
+        f.truncate(size)
+    except (OSError, ValueError):
+        pass
 
 
 def read_jsonl(path: PathLike) -> list:

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         from excb_bench.stages import STAGES
 
         summary = STAGES["semisup_1" if name == "semisup" else name].summary
-        p = sub.add_parser(name, help=summary.replace("%", "%%"), description=summary.replace("%", "%%"))
+        p = sub.add_parser(name, help=summary.replace("%", "%%"), description=summary)  # only help is %-formatted
         _add_stage_args(p, name)
         _add_common(p)
 

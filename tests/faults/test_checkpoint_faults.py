@@ -110,4 +110,16 @@ def test_trust_checkpoint_allows_a_custom_class(tmp_path, bad_files):
               *TINY_KNN], tmp_path, env=env, timeout=240, tag="trusted")
     assert pr.p.returncode == 0, pr.report()
     res = read_json(out / "results.json")
-    assert res["checkpoint"]["path"] == str(bad_files["custom"]) and res["metrics"]["top1"] >= 0
+    assert res["checkpoint"]["path"] == str(bad_files["custom"])
+    # the same weights saved as a plain state dict must give exactly the same numbers: the trusted
+    # file's state_dict was really loaded (not a random init, not a partial load)
+    plain = run([*EXCB_BENCH, "knn", "--checkpoint", str(bad_files["resnet18"]), "-o", str(tmp_path / "plain"),
+                 *TINY_KNN], tmp_path, timeout=240, tag="plain")
+    assert plain.p.returncode == 0, plain.report()
+    ref = read_json(tmp_path / "plain" / "results.json")
+    assert res["checkpoint"]["sha256"] != ref["checkpoint"]["sha256"]
+    assert res["metrics"] == ref["metrics"]
+    random_init = run([*EXCB_BENCH, "knn", "-o", str(tmp_path / "random"), "backbone.name=resnet18", "seed=1",
+                       *TINY_KNN], tmp_path, timeout=240, tag="random")
+    assert random_init.p.returncode == 0, random_init.report()
+    assert read_json(tmp_path / "random" / "results.json")["metrics"] != res["metrics"], "the metrics must depend on the weights"
