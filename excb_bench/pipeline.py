@@ -296,13 +296,13 @@ def stage_inputs(name: str, scfg: Dict[str, Any], run_dir: Path) -> Dict[str, An
         if key in hashed and not isinstance(hashed[key], dict):
             hashed[key] = _portable(hashed[key], run_dir)
     inputs["config"] = sha256_json(hashed)
-    if name in SUMMARY_STAGES:
+    if name == "figures":   # exactly the files it draws from (not every stage's results)
+        rels = [r for r in (scfg.get("paths") or {}).values() if isinstance(r, str)]
+        inputs["files"] = {r: file_sha256(run_dir / r) for r in sorted(rels) if (run_dir / r).is_file()}
+    elif name in SUMMARY_STAGES:
         files = sorted(p for p in run_dir.glob("**/results.json")
                        if p.parent.name not in SUMMARY_STAGES
                        and not any(t in str(p.relative_to(run_dir)) for t in (".prev", _PARTIAL)))
-        if name == "figures":
-            files += [p for p in (run_dir / "pretrain" / "log.jsonl", run_dir / "pretrain" / "final_cluster_counts.npy")
-                      if p.exists()]
         inputs["files"] = {str(p.relative_to(run_dir)): file_sha256(p) for p in files}
     return inputs
 

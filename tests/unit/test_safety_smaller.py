@@ -73,3 +73,22 @@ def test_semisup_help_prints_a_single_percent_sign():
         build_parser().parse_args(["semisup", "--help"])
     text = out.getvalue()
     assert "1 %" in text and "%%" not in text
+
+
+def test_figures_rerun_only_when_their_inputs_change(tmp_path):
+    from excb_bench.pipeline import input_hash, stage_inputs
+    from benchmarks.figures import DEFAULTS
+
+    run = tmp_path / "run"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "knn").mkdir()
+    (run / "pretrain" / "log.jsonl").write_text('{"kind": "epoch", "epoch": 1}\n')
+    (run / "knn" / "results.json").write_text('{"metrics": {"top1": 50.0}}\n')
+    cfg = {**DEFAULTS, "run": str(run)}
+    h0 = input_hash(stage_inputs("figures", cfg, run))
+    (run / "knn" / "results.json").write_text('{"metrics": {"top1": 51.0}}\n')   # not drawn by any figure
+    (run / "linear").mkdir()
+    (run / "linear" / "results.json").write_text("{}\n")
+    assert input_hash(stage_inputs("figures", cfg, run)) == h0
+    (run / "pretrain" / "log.jsonl").write_text('{"kind": "epoch", "epoch": 1}\n{"kind": "epoch", "epoch": 2}\n')
+    assert input_hash(stage_inputs("figures", cfg, run)) != h0
