@@ -104,7 +104,7 @@ def test_unknown_keys_are_one_line_errors_with_suggestion(tmp_path):
     path = _write_pipeline(tmp_path, ["pretrain"])
     with pytest.raises(ExcbError, match="did you mean 'pretrain'|unknown key"):
         resolve_pipeline(path, ["pretrian.epochs=3"])
-    with pytest.raises(ExcbError, match="did you mean 'epochs'"):
+    with pytest.raises(ExcbError, match="unknown key 'pretrain.epoch'; did you mean 'pretrain.epochs'"):
         resolve_pipeline(path, ["pretrain.epoch=3"])
     with pytest.raises(ExcbError, match="must be int"):
         resolve_pipeline(path, ["pretrain.epochs=many"])
