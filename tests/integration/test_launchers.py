@@ -139,3 +139,16 @@ def test_slurm_settings_errors_are_one_line(tmp_path, monkeypatch):
     launcher = SlurmLauncher(dict(SLURM_DEFAULTS), tmp_path)
     with pytest.raises(ExcbError, match="srun not found"):
         launcher._executor("knn", launcher.resources("knn"))
+
+
+@pytest.mark.slow
+def test_failed_job_is_reported_with_its_error_line(tmp_path):
+    from excb_bench.status import collect
+
+    path = _pipeline(tmp_path, ["pretrain", "knn"], {"debug": {"inject_nan_at_step": 1}})
+    p = _run_all(path, "slurm.time=10")
+    assert p.returncode == 2 and "non-finite loss" in p.stderr
+    st = {r["stage"]: r for r in collect(tmp_path / "run")["stages"]}
+    assert st["pretrain"]["state"] == "failed" and st["pretrain"]["job_id"]
+    assert "non-finite loss" in st["pretrain"]["error"] and "\n" not in st["pretrain"]["error"]
+    assert st["knn"]["state"] == "pending"           # never submitted: its input failed
