@@ -147,40 +147,60 @@ class ClusterBalancer(Balancer):
     code); s_B = counts / rows with counts and rows summed over ranks; s <- m_s s + (1-m_s) s_B.
 
     Options: ``assign_from="raw"`` takes the argmax of the unbalanced z_t (Algorithm 1);
-    ``update="before"`` updates s before balancing the current batch (Algorithm 1 order);
-    ``official_code=True`` adds the released code's tweaks (winner x1.01 then clamp to [-1, 1]).
+    ``update="before"`` updates s before balancing the current batch (Algorithm 1 order).
+    The released code's tweaks (engine/criterion.py ``centering`` / ``centering_modifiers``),
+    off in the paper recipe: ``winner_boost=0.01`` multiplies each row's winning balanced
+    similarity by 1.01 and clamps z to [-1, 1]; ``zero_weight_noise=1e-3`` adds U(0, 1e-3) to a
+    balancing weight that is exactly 0 (an empty cluster, s = 0: sK is its weight).
     """
 
     def __init__(self, num_clusters: int, momentum: float = 0.999, variant: str = "linear",
-                 assign_from: str = "balanced", update: str = "after", official_code: bool = False, **_: object):
+                 assign_from: str = "balanced", update: str = "after", winner_boost: float = 0.0,
+                 zero_weight_noise: float = 0.0, **_: object):
         super().__init__(num_clusters)
         if assign_from not in ("balanced", "raw"):
             raise ExcbError(f"balancer.assign_from: unknown value '{assign_from}'; use 'balanced' or 'raw'")
         if update not in ("after", "before"):
             raise ExcbError(f"balancer.update: unknown value '{update}'; use 'after' or 'before'")
+        if winner_boost < 0 or zero_weight_noise < 0:
+            raise ExcbError(f"balancer.winner_boost / zero_weight_noise must be >= 0, got {winner_boost} / "
+                            f"{zero_weight_noise} (the released code: 0.01 / 0.001)")
         self.momentum = momentum
         self.variant = variant
         self.assign_from = assign_from
         self.update_when = update
-        self.official_code = official_code
+        self.winner_boost = float(winner_boost)
+        self.zero_weight_noise = float(zero_weight_noise)
         # fp32 state even under AMP: 1/K at K=65,536 is below fp16's resolution near 1/K.
         self.register_buffer("s", torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float32))
 
-    def balanced(self, z_t: torch.Tensor) -> torch.Tensor:
-        """B(z_t; s), plus the released code's winner tweak when ``official_code``."""
-        zb = balance_operator(z_t, self.s, self.variant)
-        if self.official_code:
+    def coefficients(self, dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) of B(z; s) = a z + b (Eq. 10), with the released code's noise on zero weights."""
+        a, b = balance_coefficients(self.s, self.variant, dtype)
+        if self.zero_weight_noise > 0:
+            # the undersized branch is 1 - (1 - z) w with w = a: a weight of exactly 0 (s = 0) maps
+            # every z to 1; the code perturbs w to U(0, 1e-3) so such clusters keep an order
+            eps = torch.rand_like(a) * self.zero_weight_noise * (a == 0)
+            a, b = a + eps, b - eps
+        return a, b
+
+    def balanced(self, z_t: torch.Tensor, coeffs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """B(z_t; s), plus the released code's winner boost and clamp when ``winner_boost`` > 0."""
+        dtype = torch.promote_types(z_t.dtype, torch.float32)
+        a, b = coeffs if coeffs is not None else self.coefficients(dtype)
+        zb = torch.addcmul(b.to(dtype), z_t.to(dtype), a.to(dtype))
+        if self.winner_boost > 0:
             win = zb.argmax(dim=-1, keepdim=True)
-            zb = zb.scatter(1, win, zb.gather(1, win) * 1.01).clamp(-1.0, 1.0)
+            zb = zb.scatter(1, win, zb.gather(1, win) * (1.0 + self.winner_boost)).clamp_(-1.0, 1.0)
         return zb
 
     @torch.no_grad()
     def balanced_argmax(self, z_t: torch.Tensor) -> torch.Tensor:
         """Hard labels argmax_k B(z_t; s)_k (Eq. 8) without materialising B(z_t): row blocks of
         one multiply-add each, reduced while in cache."""
-        if self.official_code:
-            return self.balanced(z_t).argmax(dim=-1)   # the x1.01 winner tweak keeps the argmax
-        a, b = balance_coefficients(self.s, self.variant)
+        if self.winner_boost > 0:
+            return self.balanced(z_t).argmax(dim=-1)   # a boosted negative winner can lose its place
+        a, b = self.coefficients()
         rows, K = z_t.shape
         step = _row_step(z_t)
         buf = torch.empty(min(step, rows), K, dtype=torch.float32, device=z_t.device)
@@ -195,13 +215,13 @@ class ClusterBalancer(Balancer):
     def teacher_probs(self, z_t: torch.Tensor, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.update_when == "before":
             self._update_s(row_argmax(z_t.float()) if self.assign_from == "raw" else self.balanced_argmax(z_t))
-        if self.official_code:
-            zb = self.balanced(z_t)
+        a, b = self.coefficients()
+        if self.winner_boost > 0:
+            zb = self.balanced(z_t, (a, b))
             p = F.softmax(zb / tau, dim=-1)
             assign = zb.argmax(dim=-1) if self.assign_from == "balanced" else z_t.argmax(dim=-1)
             return p, assign
         # softmax(B(z)/τ): B is a per-cluster multiply-add, 1/τ folds into its coefficients
-        a, b = balance_coefficients(self.s, self.variant)
         return sharpen(z_t, a / tau, b / tau, assign_raw=self.assign_from == "raw")
 
     @torch.no_grad()

@@ -47,7 +47,8 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "head": dict(HEAD_DEFAULTS),
     "centroids": {"K": 65536, "weight_decay": 1e-3, "weight_decay_end": 1e-4, "local_stop_grad": True},
     "balancer": {"name": "excb", "momentum": 0.999, "variant": "linear", "assign_from": "balanced",
-                 "update": "after", "center_momentum": 0.9, "sinkhorn_iters": 3, "sinkhorn_eps": 0.05},
+                 "update": "after", "center_momentum": 0.9, "sinkhorn_iters": 3, "sinkhorn_eps": 0.05,
+                 "winner_boost": 0.0, "zero_weight_noise": 0.0},   # released code: 0.01, 0.001
     # normalization: "algorithm1" (pair weights sum to 2) | "pair-mean" (released code, sum 1: at the
     # same lr, half the step of Algorithm 1)
     "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7", "normalization": "algorithm1"},
@@ -462,8 +463,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     if world > 1:
         student_ddp = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     b = cfg["balancer"]
-    balancer = create_balancer(b["name"], K, **{k: v for k, v in b.items() if k != "name"},
-                               official_code=cfg["recipe"] == "official-code").to(device)
+    balancer = create_balancer(b["name"], K, **{k: v for k, v in b.items() if k != "name"}).to(device)
     optimizer = build_optimizer(student, cfg)
     scaler = torch.amp.GradScaler("cuda") if (cfg["amp"] == "fp16" and device.type == "cuda") else None
     schedules = build_schedules(cfg, sampler.steps)

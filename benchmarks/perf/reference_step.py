@@ -76,7 +76,8 @@ def patched(enable: bool = True):
                                        normalization)
 
         def tp(self, z_t, tau):
-            if self.update_when == "after" and self.assign_from == "balanced" and not self.official_code:
+            if (self.update_when == "after" and self.assign_from == "balanced" and not self.winner_boost
+                    and not self.zero_weight_noise):
                 return teacher_probs_literal(self, z_t, tau)
             return saved[2](self, z_t, tau)
 
