@@ -2,12 +2,14 @@
 
 Blur probabilities are the intended DINO ones — 1.0 on the first global view, 0.1 on the
 second, 0.5 on locals — and solarization (p=0.2) on the second global view only (BYOL).
-The authors' code applies blur with probability 1-p (SPEC section 8); that bug is not
-reproduced. Any input mode works: images are converted to RGB first (1-channel data too).
+The authors' code applies blur with probability 1-p (SPEC section 8); the paper recipe does not
+reproduce that bug, ``recipe: official-code`` does (``blur_probs: [0, 0.9, 0]``, 9 px kernel), as
+it produced the published numbers. Any input mode works: images are converted to RGB first (1-channel data too).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+import math
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -29,8 +31,13 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
     "color_jitter": [0.4, 0.4, 0.2, 0.1],
     "color_jitter_prob": 0.8,
     "grayscale_prob": 0.2,
-    "blur_probs": [1.0, 0.1, 0.5],   # global 1, global 2, locals
+    "blur_probs": [1.0, 0.1, 0.5],   # global 1, global 2, locals (released code, in effect: 0, 0.9, 0)
     "blur_sigma": [0.1, 2.0],
+    "blur_kernel": 0,                # 0: ~10 % of the crop side, odd (23 px at 224); released code: 9 at every size
+    # [start, end]: the globals' lower scale bound follows a per-epoch cosine from start to end (released
+    # code: [0.26, 0.14]); []: fixed global_scale
+    "global_min_scale_schedule": [],
+    "local_scale_follows_global": False,   # True: locals' upper bound = the globals' current lower bound
     "solarize_prob": 0.2,            # second global view only
     "eval_resize": 256,              # eval transform: Resize + CenterCrop (DINO's k-NN protocol)
     "eval_crop": 224,
@@ -42,9 +49,32 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
 }
 
 
-def _blur(size: int, p: float, sigma: Sequence[float]) -> T.RandomApply:
-    k = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10 % of the crop side, odd (23 px at 224)
-    return T.RandomApply([T.GaussianBlur(k, sigma=tuple(sigma))], p=p)
+def blur_kernel_size(size: int, kernel: int = 0) -> int:
+    """``kernel`` px if > 0 (the released code: 9), else ~10 % of the crop side, odd (23 px at 224)."""
+    return int(kernel) if kernel > 0 else max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def _blur(size: int, p: float, sigma: Sequence[float], kernel: int = 0) -> T.RandomApply:
+    return T.RandomApply([T.GaussianBlur(blur_kernel_size(size, kernel), sigma=tuple(sigma))], p=p)
+
+
+def crop_scales(cfg: Dict[str, Any], epoch: int, epochs: int) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """(global scale, local scale) of RandomResizedCrop for ``epoch`` (0-based).
+
+    With ``global_min_scale_schedule: [a, b]`` the globals' lower bound is the released code's
+    ``scheduling(a, b, epoch, epochs)`` (engine/trainer.py): b + (a - b)(1 + cos(π epoch/epochs))/2,
+    set once per epoch; with ``local_scale_follows_global`` the locals' upper bound is that same value
+    (data/transforms.py: ``scale=(mini_crop_min_scale, crop_min_scale)``)."""
+    g_lo, g_hi = (float(v) for v in cfg["global_scale"])
+    l_lo, l_hi = (float(v) for v in cfg["local_scale"])
+    sched = list(cfg.get("global_min_scale_schedule") or [])
+    if sched:
+        a, b = float(sched[0]), float(sched[1])
+        e = min(max(int(epoch), 0), max(int(epochs), 1))
+        g_lo = b + 0.5 * (a - b) * (1.0 + math.cos(math.pi * e / max(int(epochs), 1)))
+    if cfg.get("local_scale_follows_global"):
+        l_hi = g_lo
+    return (g_lo, g_hi), (l_lo, l_hi)
 
 
 def _photometric(cfg: Dict[str, Any], size: int, blur_p: float, solarize_p: float) -> List[Any]:
@@ -54,7 +84,7 @@ def _photometric(cfg: Dict[str, Any], size: int, blur_p: float, solarize_p: floa
         T.RandomGrayscale(p=cfg["grayscale_prob"]),
     ]
     if blur_p > 0:
-        ops.append(_blur(size, blur_p, cfg["blur_sigma"]))
+        ops.append(_blur(size, blur_p, cfg["blur_sigma"], cfg.get("blur_kernel", 0)))
     if solarize_p > 0:
         ops.append(T.RandomSolarize(128, p=solarize_p))
     return ops
@@ -65,51 +95,69 @@ def normalize() -> T.Compose:
 
 
 class MultiCropTransform:
-    """PIL image -> list of G + L normalised tensors (globals first)."""
+    """PIL image -> list of G + L normalised tensors (globals first).
 
-    def __init__(self, cfg: Dict[str, Any]):
+    ``set_epoch(e)`` moves the crop scales along the schedule of :func:`crop_scales` (the data set
+    calls it with each item's epoch, so persistent loader workers follow too)."""
+
+    def __init__(self, cfg: Dict[str, Any], epochs: int = 1):
         cfg = {**AUGMENT_DEFAULTS, **cfg}
+        self.cfg, self.epochs, self.epoch = cfg, int(epochs), None
         self.n_global, self.n_local = int(cfg["n_global"]), int(cfg["n_local"])
         bi = T.InterpolationMode.BICUBIC
         g, l = int(cfg["global_size"]), int(cfg["local_size"])
         blur = list(cfg["blur_probs"])
+        gs, ls = crop_scales(cfg, 0, self.epochs)
+        self.global_crops = [T.RandomResizedCrop(g, scale=gs, interpolation=bi) for _ in range(self.n_global)]
+        self.local_crop = T.RandomResizedCrop(l, scale=ls, interpolation=bi)
         self.global_t = []
         for i in range(self.n_global):
             self.global_t.append(T.Compose([
-                T.RandomResizedCrop(g, scale=tuple(cfg["global_scale"]), interpolation=bi),
+                self.global_crops[i],
                 *_photometric(cfg, g, blur[0] if i == 0 else blur[1], cfg["solarize_prob"] if i == 1 else 0.0),
                 normalize(),
             ]))
-        self.local_t = T.Compose([
-            T.RandomResizedCrop(l, scale=tuple(cfg["local_scale"]), interpolation=bi),
-            *_photometric(cfg, l, blur[2], 0.0),
-            normalize(),
-        ])
+        self.local_t = T.Compose([self.local_crop, *_photometric(cfg, l, blur[2], 0.0), normalize()])
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        gs, ls = crop_scales(self.cfg, epoch, self.epochs)
+        for c in self.global_crops:
+            c.scale = gs
+        self.local_crop.scale = ls
 
     def __call__(self, img: Image.Image) -> List[torch.Tensor]:
         img = to_rgb(img)
         return [t(img) for t in self.global_t] + [self.local_t(img) for _ in range(self.n_local)]
 
 
-def _fast_multicrop(cfg: Dict[str, Any]) -> Callable:
+def _fast_multicrop(cfg: Dict[str, Any], epochs: int = 1) -> Callable:
     from excb.fast_augment import FastMultiCropTransform   # lazy: fast_augment imports this module
 
-    return FastMultiCropTransform(cfg)
+    return FastMultiCropTransform(cfg, epochs)
 
 
 # augment.backend -> factory of the multi-crop transform
-MULTICROP_BACKENDS: Dict[str, Callable[[Dict[str, Any]], Callable]] = {
+MULTICROP_BACKENDS: Dict[str, Callable[..., Callable]] = {
     "pil": MultiCropTransform,
     "fast": _fast_multicrop,
 }
 
 
-def build_multicrop(cfg: Dict[str, Any]) -> Callable:
-    """The multi-crop transform named by ``cfg["backend"]`` (an ``augment`` config section)."""
+def build_multicrop(cfg: Dict[str, Any], epochs: int = 1) -> Callable:
+    """The multi-crop transform named by ``cfg["backend"]`` (an ``augment`` config section); ``epochs``
+    is the length of the crop-scale schedule, if any."""
     backend = cfg.get("backend", AUGMENT_DEFAULTS["backend"])
     if backend not in MULTICROP_BACKENDS:
         raise ExcbError(f"augment.backend: unknown value {backend!r}; use one of {', '.join(map(repr, MULTICROP_BACKENDS))}")
-    return MULTICROP_BACKENDS[backend](cfg)
+    sched = list(cfg.get("global_min_scale_schedule") or [])
+    if sched and len(sched) != 2:
+        raise ExcbError(f"augment.global_min_scale_schedule: expected [] or [start, end], got {sched!r}")
+    if len(list(cfg.get("blur_probs", AUGMENT_DEFAULTS["blur_probs"]))) != 3:
+        raise ExcbError(f"augment.blur_probs: expected [global 1, global 2, locals], got {cfg.get('blur_probs')!r}")
+    return MULTICROP_BACKENDS[backend](cfg, epochs)
 
 
 def eval_transform(resize: int = 256, crop: int = 224) -> T.Compose:

@@ -35,7 +35,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from excb.augment import AUGMENT_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD
+from excb.augment import AUGMENT_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size, crop_scales
 from excb.data import open_image, to_rgb
 
 ImageLike = Union[Image.Image, torch.Tensor, bytes, bytearray, str, Path]
@@ -201,9 +201,10 @@ class FastMultiCropTransform:
 
     accepts_path = True   # MultiCropDataset hands it the file path: JPEGs skip PIL decoding
 
-    def __init__(self, cfg: Dict[str, Any]):
+    def __init__(self, cfg: Dict[str, Any], epochs: int = 1):
         cfg = {**AUGMENT_DEFAULTS, **cfg}
-        self.cfg = cfg
+        self.cfg, self.epochs = cfg, int(epochs)
+        self.global_scale, self.local_scale = crop_scales(cfg, 0, self.epochs)
         self.n_global, self.n_local = int(cfg["n_global"]), int(cfg["n_local"])
         self.g, self.l = int(cfg["global_size"]), int(cfg["local_size"])
         blur = list(cfg["blur_probs"])
@@ -213,6 +214,10 @@ class FastMultiCropTransform:
         # (x - mean) / std as one multiply-add on [0, 1] floats
         self.scale = (1.0 / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
         self.shift = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Crop scales of ``epoch`` (see :func:`excb.augment.crop_scales`)."""
+        self.global_scale, self.local_scale = crop_scales(self.cfg, epoch, self.epochs)
 
     def _view(self, img: torch.Tensor, size: int, scale: Sequence[float], blur_p: float, sol_p: float) -> torch.Tensor:
         cfg = self.cfg
@@ -226,7 +231,7 @@ class FastMultiCropTransform:
         if _p(cfg["grayscale_prob"]):
             x = _gray(x).expand(3, -1, -1)
         if _p(blur_p):
-            k = max(3, int(0.1 * size) // 2 * 2 + 1)   # as excb.augment._blur
+            k = blur_kernel_size(size, cfg.get("blur_kernel", 0))   # as excb.augment._blur
             sig = float(torch.empty(1).uniform_(float(cfg["blur_sigma"][0]), float(cfg["blur_sigma"][1])))
             x = separable_blur(x.contiguous(), k, sig)
         if _p(sol_p):
@@ -236,6 +241,6 @@ class FastMultiCropTransform:
     def __call__(self, src: ImageLike) -> List[torch.Tensor]:
         img = decode_image(src)
         cfg = self.cfg
-        out = [self._view(img, self.g, cfg["global_scale"], self.blur_p[i], self.sol_p[i]) for i in range(self.n_global)]
-        out += [self._view(img, self.l, cfg["local_scale"], self.blur_local, 0.0) for _ in range(self.n_local)]
+        out = [self._view(img, self.g, self.global_scale, self.blur_p[i], self.sol_p[i]) for i in range(self.n_global)]
+        out += [self._view(img, self.l, self.local_scale, self.blur_local, 0.0) for _ in range(self.n_local)]
         return out

@@ -30,13 +30,15 @@ from excb.budget import (BUDGET_DEFAULTS, StopRule, cluster_capacity_warning, ep
 from excb.cpu import tune_malloc
 from excb.cluster_stats import console_line, final_pass_line, renamed
 from excb.checkpoint import FORMAT_TAG, find_resumable, save_training_checkpoint
-from excb.config import AllowFraction, require_positive
+from excb.config import AllowFraction, get_dotted, require_positive
 from excb.data import DATA_DEFAULTS, build_dataset
 from excb.io import JsonlLogger, atomic_write, atomic_write_json, package_versions
 from excb.loss import check_loss_options, excb_loss
 from excb.model import HEAD_DEFAULTS, ExCBStudent, ExCBTeacher, build_models
 from excb.monitor import MONITOR_DEFAULTS, Monitor, validate_monitor
-from excb.schedules import cosine_schedule
+from excb.clipping import CLIP_MODES
+from excb.recipes import apply_recipe, validate_recipe_keys
+from excb.schedules import CENTROID_WD_SCHEDULES, cosine_schedule, teacher_temp_schedule
 
 PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "recipe": "paper",                 # "paper" or "official-code" (SPEC section 8)
@@ -45,17 +47,27 @@ PRETRAIN_DEFAULTS: Dict[str, Any] = {
     "backbone": {"name": "resnet50", "stem": "standard", "zero_init_residual": False,
                  "img_size": 224, "drop_path_rate": 0.1},
     "head": dict(HEAD_DEFAULTS),
-    "centroids": {"K": 65536, "weight_decay": 1e-3, "weight_decay_end": 1e-4, "local_stop_grad": True},
+    # weight_decay_schedule: "own" (weight_decay -> weight_decay_end, ResNet paper) | "base" (the regular
+    # weights' schedule, ViT paper) | "base_x10_to_x1" (released code); freeze_epochs: no centroid update
+    # for the first N epochs (DINO's freeze_last_layer); tf32: TF32 for the fp32 centroid products (CUDA)
+    "centroids": {"K": 65536, "weight_decay": 1e-3, "weight_decay_end": 1e-4, "weight_decay_schedule": "own",
+                  "local_stop_grad": True, "freeze_epochs": 0, "tf32": True,
+                  # init: "random" (paper) | "kmeans" (released code: spherical k-means of the teacher's
+                  # projections of kmeans_samples images at epoch 0, excb/kmeans.py)
+                  "init": "random", "kmeans_samples": 500000, "kmeans_iters": 50},
     "balancer": {"name": "excb", "momentum": 0.999, "variant": "linear", "assign_from": "balanced",
                  "update": "after", "center_momentum": 0.9, "sinkhorn_iters": 3, "sinkhorn_eps": 0.05,
                  "winner_boost": 0.0, "zero_weight_noise": 0.0},   # released code: 0.01, 0.001
     # normalization: "algorithm1" (pair weights sum to 2) | "pair-mean" (released code, sum 1: at the
     # same lr, half the step of Algorithm 1)
-    "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7", "normalization": "algorithm1"},
+    "loss": {"teacher_temp": 0.04, "student_temp": 0.1, "pairs": "eq7", "normalization": "algorithm1",
+             "warmup_teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0},   # DINO's τ_t warm-up (off)
     "augment": dict(AUGMENT_DEFAULTS),
     "optim": {"name": "sgd", "lr": 0.15, "lr_batch_scaling": True, "momentum": 0.9, "weight_decay": 1e-4,
               "weight_decay_end": 1e-4, "warmup_epochs": AllowFraction(10), "min_lr": 0.0, "clip_grad": 0.0,
-              "betas": [0.9, 0.999]},
+              "betas": [0.9, 0.999],
+              "min_lr_factor": 0.0,       # lr floor = min_lr + min_lr_factor x peak lr (released code: 1e-4)
+              "clip_mode": "per-param"},  # clip_grad > 0: "per-param" (DINO's clip_gradients) | "global" norm
     "ema": {"momentum": 0.996, "momentum_end": 1.0},
     "batch_size": 1024,                # global, over all ranks
     "epochs": AllowFraction(100),      # fractions allowed (0.5 = half an epoch); see excb/budget.py
@@ -106,6 +118,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: Tuple[int, int]):
         idx, epoch = item
         img = self.source(idx)
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)   # per-epoch crop scales (augment.global_min_scale_schedule)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, epoch, idx))
             views = self.transform(img)
@@ -206,12 +220,19 @@ def build_optimizer(student: ExCBStudent, cfg: Dict[str, Any]) -> torch.optim.Op
 def build_schedules(cfg: Dict[str, Any], steps_per_epoch: int) -> Dict[str, np.ndarray]:
     o, E = cfg["optim"], run_epochs(cfg, steps_per_epoch)   # fractional epochs / max_steps: see excb/budget.py
     lr = o["lr"] * (cfg["batch_size"] / 256.0 if o["lr_batch_scaling"] else 1.0)
+    c, lo = cfg["centroids"], cfg["loss"]
+    wd = cosine_schedule(o["weight_decay"], o["weight_decay_end"], E, steps_per_epoch)
+    wd_own = cosine_schedule(c["weight_decay"], c["weight_decay_end"], E, steps_per_epoch)
+    tt = teacher_temp_schedule(lo["warmup_teacher_temp"], lo["teacher_temp"], lo["warmup_teacher_temp_epochs"],
+                               math.ceil(E))
     return {
-        "lr": cosine_schedule(lr, o["min_lr"], E, steps_per_epoch, o["warmup_epochs"]),
-        "wd": cosine_schedule(o["weight_decay"], o["weight_decay_end"], E, steps_per_epoch),
-        "wd_centroids": cosine_schedule(cfg["centroids"]["weight_decay"], cfg["centroids"]["weight_decay_end"], E,
-                                        steps_per_epoch),
+        "lr": cosine_schedule(lr, o["min_lr"] + o["min_lr_factor"] * lr, E, steps_per_epoch, o["warmup_epochs"]),
+        "wd": wd,
+        "wd_centroids": CENTROID_WD_SCHEDULES[c["weight_decay_schedule"]](
+            wd, wd_own, cosine_schedule(1.0, 0.0, E, steps_per_epoch)),
         "momentum": cosine_schedule(cfg["ema"]["momentum"], cfg["ema"]["momentum_end"], E, steps_per_epoch),
+        # DINO's per-epoch τ_t, repeated over the epoch's steps
+        "teacher_temp": np.repeat(tt, steps_per_epoch)[: len(wd)],
     }
 
 
@@ -314,8 +335,8 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
     from tqdm import tqdm
 
     G = cfg["augment"]["n_global"]
-    tau_t, tau_s = cfg["loss"]["teacher_temp"], cfg["loss"]["student_temp"]
     steps = steps_per_epoch or len(loader)
+    tau_t, tau_s = float(schedules["teacher_temp"][epoch * steps]), cfg["loss"]["student_temp"]
     end = steps if end is None else end
     stats = stats if stats is not None else EpochStats(cfg["centroids"]["K"], G, device)
     t0, n_img = time.time(), 0
@@ -360,7 +381,9 @@ def train_one_epoch(student, student_ddp, teacher: ExCBTeacher, balancer, optimi
         else:
             loss.backward()
         if cfg["optim"]["clip_grad"] > 0:
-            nn.utils.clip_grad_norm_(student.parameters(), cfg["optim"]["clip_grad"])
+            CLIP_MODES[cfg["optim"]["clip_mode"]](student.parameters(), cfg["optim"]["clip_grad"])
+        if epoch < cfg["centroids"]["freeze_epochs"]:
+            student.centroids.weight.grad = None   # DINO's cancel_gradients_last_layer: no update, no decay
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -398,6 +421,7 @@ def validate_config(cfg: Dict[str, Any], source: str = "config") -> None:
         raise ExcbError(f"{source}: key 'augment.n_global' must be >= 2 (the loss pairs distinct global views)")
     if cfg["recipe"] not in ("paper", "official-code"):
         raise ExcbError(f"{source}: key 'recipe' must be 'paper' or 'official-code', got {cfg['recipe']!r}")
+    validate_recipe_keys(cfg, source)
     try:
         check_loss_options(cfg["loss"]["pairs"], cfg["loss"]["normalization"])
     except ExcbError as e:
@@ -423,7 +447,10 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     t_start = time.time()
     run_dir = Path(run_dir)
     validate_config(cfg)
+    cfg, recipe_keys = apply_recipe(cfg, PRETRAIN_DEFAULTS)   # recipe: official-code -> released values
     device = D.init_from_env(timeout_s=cfg["dist_timeout_s"])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg["centroids"]["tf32"])   # fp32 centroid products
     rank, world = D.rank(), D.world_size()
     if cfg["batch_size"] % world:
         raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) must be divisible by the number of "
@@ -438,7 +465,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
     # ---- data
     base = build_dataset(cfg["data"], "train")
     K = cfg["centroids"]["K"]
-    ds = MultiCropDataset(base, build_multicrop(cfg["augment"]), cfg["seed"])
+    ds = MultiCropDataset(base, build_multicrop(cfg["augment"], math.ceil(cfg["epochs"])), cfg["seed"])
     sampler = EpochShardSampler(len(ds), bpr, cfg["seed"], rank, world)
     if sampler.steps == 0:
         raise ExcbError(f"config: key 'batch_size' ({cfg['batch_size']}) exceeds the training set "
@@ -530,6 +557,19 @@ def train(cfg: Dict[str, Any], run_dir: str | Path) -> Dict[str, Any]:
             D.barrier()
         return stop_reason is not None
 
+    if recipe_keys and rank == 0 and start_step == 0:
+        logger.log({"kind": "recipe", "recipe": cfg["recipe"], "keys": {k: get_dotted(cfg, k) for k in recipe_keys}})
+    if start_step == 0 and cfg["centroids"]["init"] == "kmeans":
+        from excb.kmeans import init_centroids_kmeans
+
+        sampler.set_epoch(-1)   # its own permutation, crops at the schedule's start (as the released code)
+        c = cfg["centroids"]
+        km = init_centroids_kmeans(student, teacher, loader, cfg["augment"]["n_global"], K, c["kmeans_samples"],
+                                   c["kmeans_iters"], cfg["seed"], device, lambda: autocast_ctx(cfg["amp"], device))
+        if rank == 0:
+            logger.log({"kind": "kmeans_init", **km})
+            print(f"[excb] centroids: spherical k-means of {km['kmeans_samples']} teacher projections "
+                  f"({km['kmeans_empty_clusters']} empty clusters)")
     tb = _tensorboard(run_dir, cfg) if rank == 0 else None
     rows = cfg["batch_size"] * cfg["augment"]["n_global"]
     monitor = Monitor(cfg, rows_per_epoch=rows * sampler.steps, rows_per_step=rows, log=logger.log,
