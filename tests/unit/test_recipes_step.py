@@ -134,3 +134,31 @@ def test_zero_weight_noise_only_where_the_weight_is_zero():
     np.testing.assert_allclose(zb[0, :2].numpy(), 1 - (1 - z[0, :2].double().numpy()) * w, rtol=1e-6)
     assert float(zb[0, :2].max()) < 1.0
     assert torch.equal(plain.balanced(z)[0, :2], torch.ones(2))               # without noise: exactly 1
+
+
+def test_centroids_frozen_during_the_first_epochs():
+    """DINO's freeze_last_layer (utils.cancel_gradients_last_layer): during epoch < freeze_epochs the
+    centroid layer gets no gradient, so neither SGD nor its weight decay moves it; afterwards it moves."""
+    K, B = 16, 8
+    cfg = make_tiny_config(**{"centroids.K": K, "batch_size": B, "centroids.freeze_epochs": 1, "epochs": 2,
+                              "optim.warmup_epochs": 0, "head.hidden_dim": 32, "head.out_dim": 16,
+                              "head.predictor_hidden_dim": 32})
+    torch.manual_seed(0)
+    student, teacher = build_models(cfg["backbone"], cfg["head"], K)
+    teacher.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith("predictor.")})
+    balancer = create_balancer("excb", K)
+    optimizer = T.build_optimizer(student, cfg)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(B, 3, 32, 32, generator=g) for _ in range(2)] + \
+            [torch.randn(B, 3, 16, 16, generator=g) for _ in range(2)]
+    batches = [(views, torch.zeros(B, dtype=torch.long))]
+    sched = T.build_schedules(cfg, 1)
+    log = JsonlLogger("/dev/null", enabled=False)
+    c0 = student.centroids.weight.detach().clone()
+    p0 = student.projector[0].weight.detach().clone()
+    T.train_one_epoch(student, student, teacher, balancer, optimizer, None, batches, sched, 0, cfg,
+                      torch.device("cpu"), log, progress=False)
+    assert torch.equal(student.centroids.weight, c0) and not torch.equal(student.projector[0].weight, p0)
+    T.train_one_epoch(student, student, teacher, balancer, optimizer, None, batches, sched, 1, cfg,
+                      torch.device("cpu"), log, progress=False)
+    assert not torch.equal(student.centroids.weight, c0)
