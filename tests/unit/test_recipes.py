@@ -209,3 +209,50 @@ def test_teacher_probs_under_bf16_autocast_match_fp32_products():
     # the same products rounded to bf16 move p_t by far more (what the fix prevents)
     p_bf16 = torch.softmax(cos.bfloat16().double() / 0.04, dim=-1)
     assert float((p_bf16 - p_ref).abs().max()) > 1e-3
+
+
+# ----------------------------------------------------------------------------- ablation configs
+# Tables 6-9 of the paper (seeds/000_8805f07edfbd6b77.txt; SPEC section 7): file -> (table, published
+# linear top-1, the settings that define the row)
+ABLATIONS = {
+    "table6_batch256": (6, 70.5, {"batch_size": 256, "augment.n_local": 0}),
+    "table6_batch512": (6, 70.6, {"batch_size": 512, "augment.n_local": 0}),
+    "table6_batch1024": (6, 70.7, {"batch_size": 1024, "augment.n_local": 0}),
+    "table7_k32768": (7, 70.3, {"centroids.K": 32768, "augment.n_local": 0}),
+    "table7_k49152": (7, 70.5, {"centroids.K": 49152, "augment.n_local": 0}),
+    "table7_k65536": (7, 70.7, {"centroids.K": 65536, "augment.n_local": 0}),
+    "table7_k98304": (7, 70.6, {"centroids.K": 98304, "augment.n_local": 0}),
+    "table8_row1_no_predictor": (8, 73.8, {"head.predictor": False, "centroids.local_stop_grad": False,
+                                           "centroids.weight_decay": 1e-4, "centroids.weight_decay_end": 1e-4}),
+    "table8_row2_predictor": (8, 74.0, {"head.predictor": True, "centroids.local_stop_grad": False,
+                                        "centroids.weight_decay": 1e-4, "centroids.weight_decay_end": 1e-4}),
+    "table8_row3_predictor_stopgrad": (8, 74.3, {"head.predictor": True, "centroids.local_stop_grad": True,
+                                                 "centroids.weight_decay": 1e-4, "centroids.weight_decay_end": 1e-4}),
+    "table8_row4_full": (8, 74.5, {"head.predictor": True, "centroids.local_stop_grad": True,
+                                   "centroids.weight_decay": 1e-3, "centroids.weight_decay_end": 1e-4}),
+    "table9_quadratic": (9, 74.3, {"balancer.variant": "quadratic"}),
+    "table9_linear": (9, 74.5, {"balancer.variant": "linear"}),
+}
+
+
+def test_one_ablation_yaml_per_table_row():
+    from excb.config import get_dotted
+
+    found = {p.stem for p in (ROOT / "configs" / "pretrain" / "ablations").glob("*.yaml")}
+    assert found == set(ABLATIONS)
+    for stem, (table, acc, settings) in ABLATIONS.items():
+        path = ROOT / "configs" / "pretrain" / "ablations" / f"{stem}.yaml"
+        first = path.read_text().splitlines()[0]
+        assert first.startswith(f"# Table {table}") and f"{acc} %" in first and "row" in first, stem
+        cfg = _resolve(path)
+        validate_config(cfg, str(path))
+        assert cfg["epochs"] == 100 and cfg["backbone"]["name"] == "resnet50" and cfg["recipe"] == "paper", stem
+        # Tables 6-7 without multi-crop (2 x 224 at 0.14-1), Tables 8-9 with it (2 x 224 + 6 x 96)
+        assert cfg["augment"]["n_local"] == (0 if table in (6, 7) else 6), stem
+        assert cfg["augment"]["global_scale"] == ([0.14, 1.0] if table in (6, 7) else [0.2, 1.0]), stem
+        for key, value in settings.items():
+            assert get_dotted(cfg, key) == value, (stem, key)
+        if table != 6:
+            assert cfg["batch_size"] == 1024, stem
+        if table != 7:
+            assert cfg["centroids"]["K"] == 65536, stem
