@@ -11,7 +11,7 @@ DEFAULTS: Dict[str, Any] = {
     "baselines_dir": "",            # "" -> <repo>/configs/baselines
     "baseline_files": [],           # [] -> every *.yaml in baselines_dir
     "runs": [],                     # run directories; [] -> the parent of this stage's folder
-    "tables": ["table1", "table2", "table3", "table4", "table5", "ablations"],
+    "tables": ["zoo", "table1", "table2", "table3", "table4", "table5", "ablations"],   # zoo: measured vs published
     "paths": {                      # relative to a run directory (or to an eval_/sanity_ folder)
         "pretrain": "pretrain/results.json",
         "stages": {s: f"{s}/results.json" for s in STAGES},

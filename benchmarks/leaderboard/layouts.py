@@ -31,6 +31,11 @@ class Layout:
     section_by: Tuple[str, ...] = ()            # extra row fields that split published sections
     measured: Tuple[str, ...] = ()              # metric keys measured rows can fill ("" = none)
     method_col: str = "Method"
+    vit: Optional[bool] = False                 # measured rows it takes: ViT (True), others (False), any (None)
+
+
+def is_vit_arch(arch: Any) -> bool:
+    return str(arch or "").lower().startswith(("vit", "deit"))
 
 
 def _c(key: str, md: str, tex: Optional[str] = None, metric: bool = False) -> Column:
@@ -47,7 +52,9 @@ LAYOUTS: Dict[str, Layout] = {
                      _META + [_c("linear_top1", "Linear", metric=True), _c("knn_top1", "k-NN", metric=True)],
                      measured=("linear_top1", "knn_top1")),
     "table2": Layout("Table 2 — Linear classification with ViT-S/16 (top-1 %) by pretraining epochs",
-                     [_c("method", "Method"), _c("batch", "Batch")], pivot=("epochs", "linear_top1")),
+                     [_c("method", "Method"), _c("batch", "Batch"), _c("linear_top1", "Linear (measured)", metric=True),
+                      _c("knn_top1", "k-NN (measured)", metric=True)], pivot=("epochs", "linear_top1"),
+                     measured=("linear_top1", "knn_top1"), vit=True),
     "table3": Layout("Table 3 — Linear classification, ResNet-50 (top-1 %) by pretraining epochs",
                      [_c("method", "Method"), _c("batch", "Batch")], pivot=("epochs", "linear_top1"),
                      section_by=("multi_crop",)),
@@ -61,6 +68,9 @@ LAYOUTS: Dict[str, Layout] = {
     "ablations": Layout("Tables 6–8 — Ablations (ResNet-50, 100 epochs, linear top-1 %)",
                         [_c("setting", "Setting"), _c("batch", "Batch"), _c("linear_top1", "Linear", metric=True)],
                         section_by=("ablation",)),
+    # published reference rows for the measured-vs-published table (benchmarks/leaderboard/comparison.py)
+    "zoo": Layout("Measured vs published (reference rows)", _META + [_c("knn_top1", "k-NN", metric=True),
+                                                                    _c("linear_top1", "Linear", metric=True)]),
 }
 
 REQUIRED_ROW_KEYS = ("method", "arch", "batch", "epochs", "protocol", "data", "metrics", "source")

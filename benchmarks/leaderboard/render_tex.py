@@ -7,12 +7,24 @@ from benchmarks.leaderboard.cells import _cell_text
 from benchmarks.leaderboard.layouts import latex_escape
 
 
+def caption(table: Dict[str, Any]) -> str:
+    """Title, then every section's data set and protocol: a LaTeX table read alone still says what
+    data and protocol each block of numbers is on."""
+    parts = []
+    for sec in table["sections"]:
+        proto = sec.get("protocol") or ""
+        if proto == "as recorded in each results.json":
+            proto = "protocol per row in the notes"
+        parts.append(f"{sec['title']}" + (f" ({proto})" if proto else ""))
+    return table["title"] + (". " + "; ".join(parts) if parts else "") + "."
+
+
 def _render_tex(table: Dict[str, Any], cfg: Dict[str, Any]) -> str:
     cols = table["columns"]
     n = len(cols)
     spec = "".join("l" if c["key"] in ("method", "arch", "setting") else "r" for c in cols)
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{latex_escape(table['title'])}}}", rf"\label{{tab:excb-{table['name']}}}",
+             rf"\caption{{{latex_escape(caption(table))}}}", rf"\label{{tab:excb-{table['name']}}}",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(c["tex"] for c in cols) + r" \\"]
     notes: List[str] = []

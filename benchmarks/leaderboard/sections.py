@@ -5,7 +5,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from excb.config import flatten
 
-from benchmarks.leaderboard.layouts import Layout
+from benchmarks.leaderboard.layouts import Layout, is_vit_arch
+from benchmarks.leaderboard.provenance import TRUST_MARK, row_provenance, trusted
 from benchmarks.leaderboard.util import _num, first_present, parse_source
 
 
@@ -60,6 +61,8 @@ def _measured_sections(layout: Layout, rows: List[Dict[str, Any]], cfg: Dict[str
     order: List[Tuple] = []
     scale = float(cfg["measured_scale"])
     for mr in rows:
+        if layout.vit is not None and is_vit_arch(mr.get("arch")) != layout.vit:
+            continue   # ViT rows go to the ViT table, the others to the ResNet tables
         per_data: Dict[Tuple, Dict[str, Any]] = {}
         for c in metrics:
             stage, keys = sources[c.key]
@@ -81,7 +84,9 @@ def _measured_sections(layout: Layout, rows: List[Dict[str, Any]], cfg: Dict[str
                 fps[dk], diffs[dk] = {}, {}
                 order.append(dk)
             cells = {c.key: mr.get(c.key) for c in layout.columns if not c.metric}
-            cells["method"] = mr["method"]
+            cells["method"] = mr["method"] + (f" {TRUST_MARK}" if trusted(mr) else "")
+            used = sorted({stage for _, stage, _, _ in vals.values()})
+            sections[dk].setdefault("provenance", []).append(f"{cells['method']}: {row_provenance(mr, only=used)}")
             variant_fp = {}
             for key, (v, stage, fp, proto) in vals.items():
                 cells[key] = v
@@ -111,6 +116,10 @@ def _measured_sections(layout: Layout, rows: List[Dict[str, Any]], cfg: Dict[str
             for key, (stage, fp) in row.pop("_fp").items():
                 if stage in letters:
                     row["variant"][key] = letters[stage][fp]
+        sec["notes"] += [f"Provenance — {p}" for p in sec.pop("provenance", [])]
+        if any(TRUST_MARK in str(r["cells"].get("method")) for r in sec["rows"]):
+            sec["notes"].append(f"{TRUST_MARK} checkpoint loaded with --trust-checkpoint (full unpickle of a file "
+                                f"the user vouched for)")
         if any(r["kind"] == "sanity" for r in sec["rows"]):
             sec["notes"].append("Sanity rows: a random-initialised backbone and k-NN on raw pixels, same data and "
                                 "protocol; on small data sets they are strong baselines.")

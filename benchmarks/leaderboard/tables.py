@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from excb import ExcbError
 from excb.config import resolve_config
 
+from benchmarks.leaderboard.comparison import build_comparison
 from benchmarks.leaderboard.defaults import DEFAULTS
 from benchmarks.leaderboard.layouts import LAYOUTS, Column
 from benchmarks.leaderboard.published import _published_sections
@@ -25,6 +26,9 @@ def build_tables(baseline_rows: Sequence[Dict[str, Any]], measured_rows: Sequenc
     names = list(tables if tables is not None else cfg["tables"])
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
+        if name == "zoo":   # measured vs published, row by row (its own builder)
+            out[name] = build_comparison(list(measured_rows), list(baseline_rows), cfg)
+            continue
         if name not in LAYOUTS:
             raise ExcbError(f"leaderboard.tables: unknown table '{name}'; known: {', '.join(LAYOUTS)}")
         layout = LAYOUTS[name]

@@ -271,3 +271,96 @@ def test_mark_best_rules():
     ]}
     L.mark_best(sec, ["m"])
     assert [r["emph"].get("m") for r in sec["rows"]] == [None, "best", "best", "second", None, None]
+
+
+# ----------------------------------------------------------------------------- provenance, measured vs published
+IMNET = ("imagefolder", 1281167, 50000)
+KNN_P = {"k": [10, 20], "headline_k": 20, "temperature": 0.07, "resize": 256, "crop": 224}
+LIN_P = {"epochs": 100, "lrs": [0.1, 0.3], "resize": 256, "crop": 224}
+
+
+def _ck(sha: str, zoo=None, trusted=False, arch="resnet50", fmt="dino", which=None) -> dict:
+    ck = {"path": "/x.pth", "sha256": sha, "format": fmt, "arch": arch, "which": which, "trusted_pickle": trusted}
+    if zoo:
+        ck["zoo"] = {"name": zoo}
+    return ck
+
+
+def test_comparison_table_measured_published_delta(tmp_path: Path):
+    run = tmp_path / "r"
+    sha = "ab" * 32
+    _results(run / f"eval_{sha[:12]}" / "knn", "knn", {"top1": 66.9}, KNN_P, data=IMNET, checkpoint=_ck(sha, "dino_resnet50"))
+    _results(run / f"eval_{sha[:12]}" / "linear", "linear", {"top1": 75.0, "selected_lr": 0.3}, LIN_P, data=IMNET,
+             checkpoint=_ck(sha, "dino_resnet50"))
+    (run / f"eval_{sha[:12]}" / "label.txt").write_text("dino_resnet50\n")
+    sha2 = "cd" * 32
+    _results(run / f"eval_{sha2[:12]}" / "knn", "knn", {"top1": 40.0}, KNN_P, checkpoint=_ck(sha2, "swav_800ep", fmt="swav"))
+    (run / f"eval_{sha2[:12]}" / "label.txt").write_text("swav_800ep\n")
+    cfg = L.resolve_config(L.DEFAULTS)
+    measured = L.collect_measured([run], cfg)
+    dino = [m for m in measured if m["method"] == "dino_resnet50"][0]
+    assert (dino["epochs"], dino["batch"]) == (800, 4096)          # filled from the zoo entry
+    t = L.build_tables(_baselines(), measured, cfg, tables=["zoo"])["zoo"]
+    imnet, demo = t["sections"]
+    assert imnet["title"] == "ImageFolder (1281167 train / 50000 val) · measured vs published"
+    row = _row(imnet, "dino_resnet50")
+    # DINO ResNet-50, ExCB paper Table 1: k-NN 67.5, linear 75.3
+    assert row["cells"]["knn_top1"] == 66.9 and row["cells"]["knn_top1@pub"] == 67.5
+    assert row["cells"]["knn_top1@delta"] == "-0.6"
+    assert row["cells"]["linear_top1@pub"] == 75.3 and row["cells"]["linear_top1@delta"] == "-0.3"
+    assert row["cells"]["published_source"] == "ExCB paper, Tables 1, 4, 5"
+    assert row["emph"] == {} and row["rank"] is False
+    prov = [n for n in imnet["notes"] if n.startswith("Provenance — dino_resnet50")][0]
+    assert f"sha256 {sha[:8]}" in prov and "zoo:dino_resnet50" in prov and "k=20, T=0.07, 224 px (resize 256)" in prov
+    assert "linear: 100 ep, lr 0.3, 224 px" in prov
+    # measured on the demo data, published on ImageNet: no Δ, said why
+    swav = _row(demo, "swav_800ep")
+    assert swav["cells"]["knn_top1@pub"] == 65.7 and swav["cells"]["knn_top1@delta"] == "≠ data"
+    assert any("published number is on imagenet" in n for n in demo["notes"])
+    md = L.render(t, "md")
+    assert _md_line(md, "dino_resnet50")[4:11] == ["66.9", "67.5", "-0.6", "75.0", "75.3", "-0.3",
+                                                   "ExCB paper, Tables 1, 4, 5"]
+    assert not [ln for ln in md.splitlines() if ln.startswith("|") and ("**" in ln or "<u>" in ln)]   # nothing ranked
+
+
+def test_comparison_reference_rows_from_baselines(tmp_path: Path, run_dir: Path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "demo_reference.yaml").write_text(
+        "table: zoo\nrows:\n- {method: 'ExCB (ours)', arch: resnet18, batch: 64, epochs: 3, protocol: demo, data: demo,"
+        " data_sizes: [6000, 1000], metrics: {knn_top1: 79.6, linear_top1: null}, source: 'reference run'}\n")
+    cfg = L.resolve_config(L.DEFAULTS, None, [f"baselines_dir={base}"])
+    base_rows = L.load_baselines(L.baseline_files(cfg))
+    t = L.build_tables(base_rows, L.collect_measured([run_dir], cfg), cfg, tables=["zoo"])["zoo"]
+    (sec,) = t["sections"]
+    ours = _row(sec, "ExCB (ours)")
+    assert ours["cells"]["knn_top1@pub"] == 79.6 and ours["cells"]["knn_top1@delta"] == "+0.5"   # 80.1 - 79.6
+    assert ours["cells"]["linear_top1"] == 71.2 and ours["cells"]["linear_top1@pub"] is None
+    assert [r["cells"]["method"] for r in sec["rows"]] == ["ExCB (ours)"]   # rows without a reference are left out
+
+
+def test_provenance_trust_mark_and_vit_routing(tmp_path: Path):
+    run = tmp_path / "r"
+    _results(run / "eval_a" / "knn", "knn", {"top1": 50.0}, KNN_P, checkpoint=_ck("12" * 32, trusted=True, which="teacher"))
+    (run / "eval_a" / "label.txt").write_text("mine\n")
+    _results(run / "eval_v" / "knn", "knn", {"top1": 60.0}, KNN_P,
+             checkpoint=_ck("34" * 32, arch="vit_small_patch16_224", fmt="timm"))
+    (run / "eval_v" / "label.txt").write_text("a ViT\n")
+    cfg = L.resolve_config(L.DEFAULTS)
+    tables = L.build_tables(_baselines(), L.collect_measured([run], cfg), cfg, tables=["table1", "table2"])
+    meas1 = [s for s in tables["table1"]["sections"] if s["kind"] == "measured"][0]
+    assert [r["cells"]["method"] for r in meas1["rows"]] == ["mine †"]          # the ViT is not in the ResNet table
+    assert any(n.startswith("Provenance — mine †: checkpoint sha256 12121212, dino, teacher, † loaded with "
+                            "--trust-checkpoint · k-NN: k=20, T=0.07, 224 px (resize 256)") for n in meas1["notes"])
+    assert any("--trust-checkpoint" in n and n.startswith("†") for n in meas1["notes"])
+    meas2 = [s for s in tables["table2"]["sections"] if s["kind"] == "measured"][0]
+    assert [r["cells"]["method"] for r in meas2["rows"]] == ["a ViT"]
+    assert _row(meas2, "a ViT")["cells"]["knn_top1"] == 60.0
+
+
+def test_latex_caption_names_data_set_and_protocol(run_dir: Path):
+    cfg = L.resolve_config(L.DEFAULTS)
+    t = L.build_tables(_baselines(), L.collect_measured([run_dir], cfg), cfg, tables=["table1"])["table1"]
+    cap = [ln for ln in L.render(t, "tex").splitlines() if ln.startswith(r"\caption")][0]
+    assert "ImageNet" in cap and "k-NN k=20 T=0.07" in cap and "linear probe 100 ep" in cap
+    assert "demo: Fashion-MNIST subset (6000 train / 1000 val)" in cap and "protocol per row in the notes" in cap
