@@ -32,6 +32,8 @@ from excb.config import dump_yaml, load_yaml, merge_section, resolve_config, spl
 from excb.data import DATA_DEFAULTS, validate_data
 from excb.io import atomic_write_json, atomic_write_text, package_versions, read_json, sha256_file_cached, sha256_json
 from excb.zoo import is_zoo_ref, resolve_checkpoint
+from excb_bench.compare import expand as expand_compare, is_compare_stage, resolve_run_path
+from excb_bench.compare import stage_dir as compare_stage_dir
 from excb_bench.launchers import SLURM_DEFAULTS
 from excb_bench.stages import STAGES, get_stage, stage_dir_name
 
@@ -43,6 +45,7 @@ PIPELINE_DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/demo",
     "seed": 0,
     "data": None,            # a data section applied to every stage (None: each stage's own)
+    "compare": None,         # more checkpoints through the evaluation stages (excb_bench/compare.py)
     "stages": ["pretrain", "knn", "linear", "semisup_1", "semisup_10", "detect", "sanity_random", "sanity_pixels",
                "leaderboard", "figures"],
     "launcher": "local",     # local: stages run here, one after another | slurm: each stage a job (launchers.py)
@@ -59,17 +62,37 @@ def resolve_pipeline(path: Optional[str | Path], overrides: Sequence[str] = ()) 
     raw = load_yaml(path) if path else {}
     source = str(path) if path else "pipeline"
     top_over, per_over = split_overrides(overrides, STAGES)
-    top_raw = {k: v for k, v in raw.items() if k not in STAGES}
+    top_raw = {k: v for k, v in raw.items() if k not in STAGES and not is_compare_stage(k)}
     # the file's own keys are validated under the file's name, so a typo names the file
     cfg = merge_section(copy.deepcopy(PIPELINE_DEFAULTS), top_raw, PIPELINE_DEFAULTS, source)
     cfg = resolve_config(PIPELINE_DEFAULTS, None, top_over, base=cfg)
+    cfg["stages"] = [s for s in cfg["stages"] if not is_compare_stage(s)]   # re-made from 'compare' below
     for s in cfg["stages"]:
         get_stage(s)
+    compared = list((cfg.get("compare") or {}).get("stages") or []) if isinstance(cfg.get("compare"), dict) else []
     for k in list(per_over):
-        if k not in cfg["stages"]:
+        if k not in cfg["stages"] and k not in compared:
             raise ExcbError(f"override '{k}.…': stage '{k}' is not in this pipeline's stages ({', '.join(cfg['stages'])})")
     base_dir = Path(path).parent if path else REPO_ROOT
+
+    def section_for(name: str) -> Dict[str, Any]:
+        if name not in cfg:
+            cfg[name] = _resolve_section(name, raw, cfg, per_over, base_dir, source)
+        return cfg[name]
+
     for name in cfg["stages"]:
+        section_for(name)
+    expand_compare(cfg, section_for, source)
+    for name in compared:   # sections resolved only to seed the compare stages
+        if name not in cfg["stages"]:
+            cfg.pop(name, None)
+    return cfg
+
+
+def _resolve_section(name: str, raw: Dict[str, Any], cfg: Dict[str, Any], per_over: Dict[str, List[str]],
+                     base_dir: Path, source: str) -> Dict[str, Any]:
+    """One stage's config: defaults <- pipeline data/seed <- its YAML <- inline keys <- overrides."""
+    if True:
         stage = get_stage(name)
         defaults = stage.defaults()
         section = dict(raw.get(name) or {})
@@ -85,8 +108,7 @@ def resolve_pipeline(path: Optional[str | Path], overrides: Sequence[str] = ()) 
         scfg = merge_section(scfg, section, defaults, f"{source}: section '{name}'")
         scfg = resolve_config(defaults, None, [f"{o}" for o in per_over.get(name, [])], base=scfg, label=f"{name}.")
         scfg.update(copy.deepcopy(stage.fixed))
-        cfg[name] = scfg
-    return cfg
+    return scfg
 
 
 def _find_config(p: str, base_dir: Path) -> Path:
@@ -352,6 +374,8 @@ def wire_stage(name: str, scfg: Dict[str, Any], run_dir: Path, pretrain_cfg: Opt
     """Fill the keys that connect a stage to the run: checkpoint path, sanity-row backbones, run dir."""
     scfg = copy.deepcopy(scfg)
     stage = get_stage(name)
+    if "checkpoint" in scfg:   # "<run>/..." names a file inside this run directory (compare section)
+        scfg["checkpoint"] = resolve_run_path(scfg["checkpoint"], run_dir)
     if name == "sanity_random":
         scfg["checkpoint"] = None
         if pretrain_cfg is not None:
@@ -548,6 +572,9 @@ def _prepare(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     stage = get_stage(name)
     sdir = run_dir / stage_dir_name(name)
     scfg = wire_stage(name, scfg, run_dir, pretrain_cfg)
+    label = scfg.pop("_label", None)
+    if is_compare_stage(name):   # <run>/eval_<sha of the checkpoint>/<stage>, known once the file is here
+        sdir = compare_stage_dir(name, scfg, label, run_dir, manifest.entry(name).get("dir"))
     check_pretrain_checkpoint(name, scfg, run_dir, manifest, forced)
     inputs = stage_inputs(name, scfg, run_dir)
     h = input_hash(inputs)
@@ -572,7 +599,8 @@ def _prepare(name: str, scfg: Dict[str, Any], run_dir: Path, manifest: Manifest,
     keep_job = {"job": entry.get("job")} if resumed and entry.get("job") else {"job": None}
     manifest.update(name, status="running", input_hash=h, inputs=inputs, start=time.time(), end=None,
                     git_commit=git_commit(), versions=package_versions(), reason=None, **keep_job,
-                    **({"checkpoint_sha256": None} if name == "pretrain" else {}))
+                    **({"checkpoint_sha256": None} if name == "pretrain" else {}),
+                    **({"dir": sdir.parent.relative_to(run_dir).as_posix()} if is_compare_stage(name) else {}))
     if D.is_main():
         sdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sdir / "config.yaml", dump_yaml(scfg))

@@ -73,6 +73,8 @@ def stage_dir_name(name: str) -> str:
 
 
 def get_stage(name: str) -> Stage:
+    if "@" in name:   # STAGE@KEY: an evaluation stage on another checkpoint (excb_bench/compare.py)
+        name = name.split("@", 1)[0]
     if name not in STAGES:
         import difflib
 
