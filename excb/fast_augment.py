@@ -35,7 +35,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from excb.augment import AUGMENT_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size, crop_scales
+from excb.views import AUGMENT_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size, crop_scales
 from excb.data import open_image, to_rgb
 
 ImageLike = Union[Image.Image, torch.Tensor, bytes, bytearray, str, Path]

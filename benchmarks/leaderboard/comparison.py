@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from benchmarks.leaderboard.layouts import Column, is_vit_arch
 from benchmarks.leaderboard.provenance import TRUST_MARK, row_provenance, trusted
 from benchmarks.leaderboard.sections import _data_key, _data_title, new_section, table_row
-from benchmarks.leaderboard.util import _num, first_present, parse_source
+from benchmarks.leaderboard.util import _num, metric_percent, parse_source
 
 TITLE = "Measured vs published — each row against its own published number (Δ = measured − published)"
 METRICS = (("knn_top1", "k-NN"), ("linear_top1", "Linear"))
@@ -88,11 +88,9 @@ def build_comparison(measured_rows: Sequence[Dict[str, Any]], baselines: Sequenc
             res = mr["stages"].get(stage)
             if res is None:
                 continue
-            v = _num(first_present(res.get("metrics", {}), keys))
+            v = metric_percent(res, keys)
             if v is None:
                 continue
-            if str(res.get("metrics", {}).get("units", "")).lower() == "fraction":
-                v *= 100.0
             per_data.setdefault(_data_key(res), {})[key] = (v * float(cfg["measured_scale"]), stage)
         for dk, vals in per_data.items():
             pubs = {key: _published(mr, key, baselines, cfg) for key in vals}

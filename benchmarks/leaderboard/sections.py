@@ -7,7 +7,7 @@ from excb.config import flatten
 
 from benchmarks.leaderboard.layouts import Layout, is_vit_arch
 from benchmarks.leaderboard.provenance import TRUST_MARK, row_provenance, trusted
-from benchmarks.leaderboard.util import _num, first_present, parse_source
+from benchmarks.leaderboard.util import metric_percent, parse_source
 
 
 def protocol_fingerprint(protocol: Any, ignore: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
@@ -69,11 +69,9 @@ def _measured_sections(layout: Layout, rows: List[Dict[str, Any]], cfg: Dict[str
             res = mr["stages"].get(stage)
             if res is None:
                 continue
-            v = _num(first_present(res.get("metrics", {}), keys))
+            v = metric_percent(res, keys)
             if v is None:
                 continue
-            if str(res.get("metrics", {}).get("units", "")).lower() == "fraction":
-                v *= 100.0
             dk = _data_key(res)
             fp = protocol_fingerprint(res.get("protocol"), cfg["protocol_ignore_keys"])
             per_data.setdefault(dk, {})[c.key] = (v * scale, stage, fp, res.get("protocol"))

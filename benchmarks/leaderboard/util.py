@@ -39,3 +39,13 @@ def _num(v: Any) -> Optional[float]:
     if isinstance(v, (int, float)):
         return float(v)
     return None
+
+
+def metric_percent(res: Dict[str, Any], keys: str) -> Optional[float]:
+    """A stage's metric (first of ``"top1|acc1"`` in ``results.json["metrics"]``) in %; stages that
+    report fractions say so with ``metrics.units: fraction``."""
+    metrics = res.get("metrics", {})
+    v = _num(first_present(metrics, keys))
+    if v is not None and str(metrics.get("units", "")).lower() == "fraction":
+        v *= 100.0
+    return v
