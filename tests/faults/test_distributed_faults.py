@@ -84,6 +84,6 @@ def test_kill_one_rank_ends_quickly_and_rerun_resumes(tmp_path, victim):
 
     again = run(_torchrun_cmd(out, _free_port()), tmp_path, timeout=400, tag="again")
     assert again.p.returncode == 0, again.report()
-    assert "resuming from" in again.stdout and "(epoch 1/2)" in again.stdout, again.report()
+    assert "resuming from" in again.stdout and "(epoch 1/2, step 4)" in again.stdout, again.report()
     res = read_json(out / "results.json")
     assert res["status"] == "complete" and res["world_size"] == 2
