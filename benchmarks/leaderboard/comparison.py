@@ -22,15 +22,25 @@ from benchmarks.leaderboard.sections import _data_key, _data_title, new_section,
 from benchmarks.leaderboard.util import _num, metric_percent, parse_source
 
 TITLE = "Measured vs published — each row against its own published number (Δ = measured − published)"
-METRICS = (("knn_top1", "k-NN"), ("linear_top1", "Linear"))
+# every metric a zoo entry publishes; a table shows the columns of the metrics it measured
+METRICS = (("knn_top1", "k-NN"), ("linear_top1", "Linear"),
+           ("semisup_1_top1", "1 % top-1"), ("semisup_1_top5", "1 % top-5"),
+           ("semisup_10_top1", "10 % top-1"), ("semisup_10_top5", "10 % top-5"),
+           ("ap_box", "AP box"), ("ap50_box", "AP50 box"), ("ap75_box", "AP75 box"),
+           ("ap_mask", "AP mask"), ("ap50_mask", "AP50 mask"), ("ap75_mask", "AP75 mask"))
+DEFAULT_METRICS = ("knn_top1", "linear_top1")
 IMAGENET_SIZES = (1281167, 50000)
 NOT_COMPARABLE = "≠ data"
 
 
-def columns() -> List[Column]:
+def columns(measured: Optional[Sequence[str]] = None) -> List[Column]:
+    """Row facts, then measured / published / Δ for each metric in ``measured`` (default k-NN, linear)."""
+    keep = set(measured or DEFAULT_METRICS)
     cols = [Column("method", "Method", "Method"), Column("arch", "Arch", "Arch"),
             Column("epochs", "Epochs", "Epochs"), Column("batch", "Batch", "Batch")]
     for key, name in METRICS:
+        if key not in keep:
+            continue
         cols += [Column(key, f"{name}", f"{name}", True), Column(f"{key}@pub", f"{name} pub.", f"{name} pub.", True),
                  Column(f"{key}@delta", f"Δ {name}", rf"$\Delta$ {name}", True)]
     cols.append(Column("published_source", "Published in", "Published in"))
@@ -135,7 +145,9 @@ def build_comparison(measured_rows: Sequence[Dict[str, Any]], baselines: Sequenc
         if any(r["kind"] != "eval" for r in sec["rows"]):
             sec["notes"].append("Rows are not ranked: each is compared with its own published number only.")
         out.append(sec)
-    cols = columns()
+    measured = [key for key, _ in METRICS
+                if any(row["cells"].get(key) is not None for sec in out for row in sec["rows"])]
+    cols = columns(measured)
     for sec in out:
         for row in sec["rows"]:
             for c in cols:

@@ -326,6 +326,23 @@ def test_comparison_table_measured_published_delta(tmp_path: Path):
     assert not [ln for ln in md.splitlines() if ln.startswith("|") and ("**" in ln or "<u>" in ln)]   # nothing ranked
 
 
+def test_comparison_shows_semisup_columns_only_when_measured(tmp_path: Path):
+    run = tmp_path / "r"
+    sha = "ef" * 32
+    _results(run / f"eval_{sha[:12]}" / "semisup_1", "semisup_1", {"top1": 50.0, "top5": 79.0}, {"epochs": 50},
+             data=IMNET, checkpoint=_ck(sha, "dino_resnet50"))
+    (run / f"eval_{sha[:12]}" / "label.txt").write_text("dino_resnet50\n")
+    cfg = L.resolve_config(L.DEFAULTS)
+    t = L.build_tables(_baselines(), L.collect_measured([run], cfg), cfg, tables=["zoo"])["zoo"]
+    (sec,) = t["sections"]
+    row = _row(sec, "dino_resnet50")
+    # DINO ResNet-50, ExCB paper Table 4: 1 % labels 52.2 top-1 / 78.2 top-5
+    assert row["cells"]["semisup_1_top1@pub"] == 52.2 and row["cells"]["semisup_1_top1@delta"] == "-2.2"
+    assert row["cells"]["semisup_1_top5@pub"] == 78.2 and row["cells"]["semisup_1_top5@delta"] == "+0.8"
+    keys = [c["key"] for c in t["columns"]]
+    assert "semisup_1_top1@delta" in keys and "knn_top1" not in keys and "ap_box" not in keys
+
+
 def test_comparison_reference_rows_from_baselines(tmp_path: Path, run_dir: Path):
     base = tmp_path / "base"
     base.mkdir()
