@@ -269,7 +269,9 @@ def cmd_eval(args) -> int:
         if not path.is_file():
             raise ExcbError(f"{path}: checkpoint not found" + (" (is a directory)" if path.is_dir() else ""))
         ck_value, label, zoo = str(path.resolve()), args.label or path.stem, None
-    over = [f"stages={stages}"]
+    # only the asked stages on this checkpoint: the pipeline's own compare section (e.g. the demo's
+    # "one epoch earlier" row) belongs to run-all, not to an eval folder
+    over = [f"stages={stages}", "compare=null"]
     for s in stages:
         over += [f"{s}.checkpoint={ck_value}", f"{s}.format={args.format}", f"{s}.which={args.which}"]
     over += list(args.overrides)
@@ -287,7 +289,7 @@ def cmd_eval(args) -> int:
     print(f"[excb-bench] eval '{label}': {run_dir}")
     run_pipeline(cfg, run_dir)
     # refresh the tables of the enclosing run so the new rows appear beside ours
-    board_cfg = resolve_pipeline(args.config or DEMO_PIPELINE, ["stages=[leaderboard]"])
+    board_cfg = resolve_pipeline(args.config or DEMO_PIPELINE, ["stages=[leaderboard]", "compare=null"])
     run_pipeline(board_cfg, base, only=["leaderboard"])
     board = base / "leaderboard" / "leaderboard.md"
     if board.exists():
