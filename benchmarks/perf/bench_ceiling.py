@@ -121,6 +121,7 @@ def step_flops(st) -> Dict[str, float]:
 
 def end_to_end(cfg: Dict[str, Any], images: int) -> Dict[str, Any]:
     """One epoch of ``excb.train.train`` on the first ``images`` training images; its epoch statistics."""
+    from excb.safe_read import read_torch_file
     from excb.train import train
 
     c = copy.deepcopy(cfg)
@@ -130,7 +131,7 @@ def end_to_end(cfg: Dict[str, Any], images: int) -> Dict[str, Any]:
     n = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="excb-e2e-") as d:
         res = train(c, d)
-        hist = torch.load(Path(d) / "checkpoint.pth", map_location="cpu", weights_only=False)["history"]
+        hist = read_torch_file(Path(d) / "checkpoint.pth")["history"]   # the one safe reader (DESIGN.md)
     torch.set_num_threads(n)   # train() sets its own thread count; restore ours for the next candidates
     return {"images_per_s": hist[-1]["images_per_s"], "epoch_s": hist[-1]["epoch_s"], "wall_s": res["wall_s"]}
 
